@@ -1,0 +1,3 @@
+"""diffperf: differentiable performance model of LLM inference serving."""
+
+__version__ = "0.1.0"

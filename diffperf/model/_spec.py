@@ -1,0 +1,159 @@
+"""ModelSpec: the architecture of a decoder-only transformer, as a pytree.
+
+Structure that selects code paths (attention variant, gated MLP, whether MoE layers exist) is
+static; every dimension and count is a float leaf, so it can be swept ("what if the model had
+2x the experts?") and differentiated. Layer kinds enter as counts, not as a loop over layers:
+a model has ``num_dense_layers`` layers with a dense FFN, ``num_layers - num_dense_layers``
+MoE layers, and ``num_sliding_layers`` of its layers use sliding-window attention.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .._numerics import as_float_array
+from .._types import FloatScalar, FloatScalarLike
+
+
+ATTENTION_KINDS = ("gqa", "mla", "dsa")  # gqa covers MHA (kv_heads == heads) and MQA
+
+
+def _f(default=None):
+    if default is None:
+        return eqx.field(converter=as_float_array)
+    return eqx.field(converter=as_float_array, default=default)
+
+
+class ModelSpec(eqx.Module):
+    """Architecture of a decoder-only LLM.
+
+    **Static:** ``name``, ``attention`` (``"gqa"`` | ``"mla"`` | ``"dsa"``), ``gated_mlp``
+    (SwiGLU-style 3-matrix FFN), ``has_moe``, ``tie_word_embeddings``, ``default_dtype``
+    (format of the released weights, e.g. ``"fp8_block"`` for DeepSeek-V3).
+
+    **Leaves:** ``num_layers``, ``num_dense_layers``, ``hidden_size``, ``vocab_size``,
+    ``num_heads``, ``num_kv_heads``, ``head_dim``, ``ffn_intermediate`` (dense FFN width),
+    ``num_experts``, ``experts_per_token``, ``moe_intermediate``, ``num_shared_experts``
+    (each of width ``moe_intermediate``), ``sliding_window_tokens``, ``num_sliding_layers``,
+    MLA: ``q_lora_rank`` (0 = no query compression), ``kv_lora_rank``,
+    ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; DSA: ``index_topk``,
+    ``index_num_heads``, ``index_head_dim``.
+    """
+
+    name: str = eqx.field(static=True)
+    attention: str = eqx.field(static=True)
+    gated_mlp: bool = eqx.field(static=True)
+    has_moe: bool = eqx.field(static=True)
+    tie_word_embeddings: bool = eqx.field(static=True)
+    default_dtype: str = eqx.field(static=True)
+    num_layers: FloatScalarLike = _f()
+    num_dense_layers: FloatScalarLike = _f()
+    hidden_size: FloatScalarLike = _f()
+    vocab_size: FloatScalarLike = _f()
+    num_heads: FloatScalarLike = _f()
+    num_kv_heads: FloatScalarLike = _f()
+    head_dim: FloatScalarLike = _f()
+    ffn_intermediate: FloatScalarLike = _f()
+    num_experts: FloatScalarLike = _f(0.0)
+    experts_per_token: FloatScalarLike = _f(0.0)
+    moe_intermediate: FloatScalarLike = _f(0.0)
+    num_shared_experts: FloatScalarLike = _f(0.0)
+    sliding_window_tokens: FloatScalarLike = _f(0.0)
+    num_sliding_layers: FloatScalarLike = _f(0.0)
+    q_lora_rank: FloatScalarLike = _f(0.0)
+    kv_lora_rank: FloatScalarLike = _f(0.0)
+    qk_nope_head_dim: FloatScalarLike = _f(0.0)
+    qk_rope_head_dim: FloatScalarLike = _f(0.0)
+    v_head_dim: FloatScalarLike = _f(0.0)
+    index_topk: FloatScalarLike = _f(0.0)
+    index_num_heads: FloatScalarLike = _f(0.0)
+    index_head_dim: FloatScalarLike = _f(0.0)
+
+    def __check_init__(self):
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(
+                f"ModelSpec.attention={self.attention!r} must be one of {ATTENTION_KINDS}"
+            )
+
+    # -- derived sizes (pure functions of leaves) ---------------------------------------------
+    @property
+    def num_moe_layers(self) -> FloatScalar:
+        return jnp.asarray(self.num_layers - self.num_dense_layers, dtype=float)
+
+    def kv_elems_per_token_per_layer(self) -> FloatScalar:
+        """Cached elements per token per layer (before the KV dtype's byte size).
+
+        GQA: ``2 * kv_heads * head_dim`` (K and V). MLA/DSA: the compressed latent plus the
+        shared RoPE key, ``kv_lora_rank + qk_rope_head_dim`` (DeepSeek-V2 paper, sec. 2.1);
+        DSA additionally caches the indexer key, ``index_head_dim`` per token (DeepSeek-V3.2
+        report: the lightning indexer keeps its own small key cache).
+        """
+        if self.attention == "gqa":
+            return 2.0 * self.num_kv_heads * self.head_dim
+        latent = self.kv_lora_rank + self.qk_rope_head_dim
+        if self.attention == "dsa":
+            return latent + self.index_head_dim
+        return latent
+
+    def attention_param_count(self) -> FloatScalar:
+        """Parameters of one attention block (projections only, norms ignored)."""
+        d = self.hidden_size
+        if self.attention == "gqa":
+            q = d * self.num_heads * self.head_dim
+            kv = 2.0 * d * self.num_kv_heads * self.head_dim
+            o = self.num_heads * self.head_dim * d
+            return q + kv + o
+        qk_head = self.qk_nope_head_dim + self.qk_rope_head_dim
+        has_q_lora = self.q_lora_rank > 0
+        q = jnp.where(
+            has_q_lora,
+            d * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk_head,
+            d * self.num_heads * qk_head,
+        )
+        kv_a = d * (self.kv_lora_rank + self.qk_rope_head_dim)
+        kv_b = self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
+        o = self.num_heads * self.v_head_dim * d
+        total = q + kv_a + kv_b + o
+        if self.attention == "dsa":
+            # Indexer: wq_b (q_lora -> heads*dim), wk (d -> dim), head weights (d -> heads).
+            total = total + (
+                self.q_lora_rank * self.index_num_heads * self.index_head_dim
+                + d * self.index_head_dim
+                + d * self.index_num_heads
+            )
+        return total
+
+    def dense_ffn_param_count(self) -> FloatScalar:
+        mats = 3.0 if self.gated_mlp else 2.0
+        return mats * self.hidden_size * self.ffn_intermediate
+
+    def expert_param_count(self) -> FloatScalar:
+        """Parameters of one routed (or shared) expert."""
+        mats = 3.0 if self.gated_mlp else 2.0
+        return mats * self.hidden_size * self.moe_intermediate
+
+    def moe_layer_param_count(self) -> FloatScalar:
+        router = self.hidden_size * self.num_experts
+        experts = (self.num_experts + self.num_shared_experts) * self.expert_param_count()
+        return router + experts
+
+    def embedding_param_count(self) -> FloatScalar:
+        emb = self.vocab_size * self.hidden_size
+        return emb if self.tie_word_embeddings else 2.0 * emb
+
+    def param_count(self) -> FloatScalar:
+        """Total parameters (embeddings included)."""
+        per_layer_attn = self.attention_param_count() * self.num_layers
+        dense = self.dense_ffn_param_count() * self.num_dense_layers
+        moe = self.moe_layer_param_count() * self.num_moe_layers if self.has_moe else 0.0
+        return per_layer_attn + dense + moe + self.embedding_param_count()
+
+    def active_param_count(self) -> FloatScalar:
+        """Parameters touched per token (routed experts counted top-k times)."""
+        per_layer_attn = self.attention_param_count() * self.num_layers
+        dense = self.dense_ffn_param_count() * self.num_dense_layers
+        if self.has_moe:
+            act = (self.experts_per_token + self.num_shared_experts) * self.expert_param_count()
+            moe = (act + self.hidden_size * self.num_experts) * self.num_moe_layers
+        else:
+            moe = 0.0
+        return per_layer_attn + dense + moe + self.embedding_param_count()
