@@ -76,7 +76,35 @@ def _read_toml(path: Path) -> dict:
         raise PresetError(f"{path}: cannot read hardware file: {e.strerror}") from None
 
 
+# Other spellings of the shipped presets (device columns of measured tables, vendor names).
+ALIASES: dict[str, str] = {
+    "h100": "h100-sxm",
+    "h100_sxm": "h100-sxm",
+    "h100-sxm5": "h100-sxm",
+    "h800-sxm": "h800",
+    "h200": "h200-sxm",
+    "h200_sxm": "h200-sxm",
+    "b200": "b200-sxm",
+    "b200_sxm": "b200-sxm",
+    "gb200-sxm": "gb200",
+    "gb200-nvl72": "gb200",
+    "gb200_sxm": "gb200",
+    "a100": "a100-sxm",
+    "a100-sxm4": "a100-sxm",
+    "a100_sxm": "a100-sxm",
+    "tpu-v5p": "tpu-v5p",
+    "v5p": "tpu-v5p",
+    "v6e": "tpu-v6e",
+    "trillium": "tpu-v6e",
+    "gaudi-3": "gaudi3",
+    "xeon": "xeon-8480",
+    "spr": "xeon-8480",
+}
+
+
 def _resolve(name_or_path: str | Path) -> Path:
+    if isinstance(name_or_path, str) and name_or_path.lower() in ALIASES:
+        name_or_path = ALIASES[name_or_path.lower()]
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.exists():

@@ -147,8 +147,15 @@ class ModelSpec(eqx.Module):
         moe = self.moe_layer_param_count() * self.num_moe_layers if self.has_moe else 0.0
         return per_layer_attn + dense + moe + self.embedding_param_count()
 
-    def active_param_count(self) -> FloatScalar:
-        """Parameters touched per token (routed experts counted top-k times)."""
+    def active_param_count(self, include_input_embedding: bool = False) -> FloatScalar:
+        """Parameters touched per token (routed experts counted top-k times).
+
+        The input embedding table is a lookup that reads one row per token, so by default it is
+        not counted (the LM head is); this is the convention of the DeepSeek-V3 report (36.6B
+        activated, "including 0.9B for the output head") and of OpenAI's gpt-oss card (5.1B).
+        Qwen and Mistral quote active counts that include the input table; pass
+        ``include_input_embedding=True`` (static) to compare with those.
+        """
         per_layer_attn = self.attention_param_count() * self.num_layers
         dense = self.dense_ffn_param_count() * self.num_dense_layers
         if self.has_moe:
@@ -156,4 +163,21 @@ class ModelSpec(eqx.Module):
             moe = (act + self.hidden_size * self.num_experts) * self.num_moe_layers
         else:
             moe = 0.0
-        return per_layer_attn + dense + moe + self.embedding_param_count()
+        head = self.vocab_size * self.hidden_size
+        emb = self.embedding_param_count() if include_input_embedding else head
+        return per_layer_attn + dense + moe + emb
+
+    def kv_cache_bytes_per_token(self, kv_bytes_per_elem: FloatScalarLike) -> FloatScalar:
+        """KV-cache bytes one token occupies across all layers.
+
+        ``kv_elems_per_token_per_layer() * num_layers * kv_bytes_per_elem`` (bytes). Sliding-
+        window layers keep at most ``sliding_window_tokens`` tokens; this per-token figure does
+        not apply that cap: a caller that sizes a cache for a context longer than the window
+        counts ``num_sliding_layers`` layers at ``min(context, window)`` tokens itself.
+
+        **Arguments:**
+        - ``kv_bytes_per_elem``: bytes per cached element (2.0 for bf16, 1.0 for fp8).
+
+        **Returns:** bytes per token (float scalar).
+        """
+        return self.kv_elems_per_token_per_layer() * self.num_layers * kv_bytes_per_elem
