@@ -39,7 +39,9 @@ def _positive_float(name, allow_zero=False):
 
 
 def _add_plan_flags(p: argparse.ArgumentParser):
-    p.add_argument("--model", default="llama-3.1-70b", help="preset name, HF repo id or config.json")
+    p.add_argument(
+        "--model", default="llama-3.1-70b", help="preset name, HF repo id or config.json"
+    )
     p.add_argument("--hardware", default="h100-sxm", help="preset name or TOML file")
     p.add_argument("--tp", type=_positive_int("tp"), default=1, help="tensor parallel degree")
     p.add_argument("--pp", type=_positive_int("pp"), default=1, help="pipeline stages")
@@ -81,7 +83,15 @@ def estimate_report(args) -> dict:
 
     hw, model, plan = _build(args)
     t0 = time.perf_counter()
-    res = eqx.filter_jit(estimate)(hw, model, plan, float(args.batch), float(args.isl), float(args.osl))
+    res = eqx.filter_jit(estimate)(
+        hw,
+        model,
+        plan,
+        float(args.batch),
+        float(args.isl),
+        float(args.osl),
+        float(args.max_num_tokens),
+    )
     mem = res.memory
     report = {
         "model": model.name,
@@ -100,7 +110,9 @@ def estimate_report(args) -> dict:
         "isl": args.isl,
         "osl": args.osl,
         "devices": to_float(res.devices),
-        "prefill_latency_s": to_float(res.prefill.latency_s),
+        "max_num_tokens": args.max_num_tokens,
+        "prefill_latency_s": to_float(res.prefill_latency_s),
+        "prefill_iteration_s": to_float(res.prefill.latency_s),
         "ttft_s": to_float(res.ttft_s),
         "tpot_s": to_float(res.tpot_s),
         "e2e_latency_s": to_float(res.e2e_latency_s),
@@ -137,7 +149,8 @@ def _print_estimate(r: dict):
     )
     print(f"batch {r['batch']}, ISL {r['isl']}, OSL {r['osl']}\n")
     rows = [
-        ["TTFT (prefill of the batch)", fmt_time(r["ttft_s"])],
+        ["prefill of the whole batch", fmt_time(r["prefill_latency_s"])],
+        ["TTFT (mean over the batch)", fmt_time(r["ttft_s"])],
         ["TPOT (mean decode step)", fmt_time(r["tpot_s"])],
         ["end-to-end latency", fmt_time(r["e2e_latency_s"])],
         ["output tokens/s (decode, system)", f"{r['throughput_tok_s']:.1f}"],
@@ -209,7 +222,9 @@ def cmd_kernels(args) -> int:
     write_csv(args.output, cols, {"predicted_latency_s": pred})
     wall = time.perf_counter() - t0
     msg = {"rows": int(len(pred)), "output": args.output, "wall_s": wall}
-    print(json.dumps(msg) if args.json else f"wrote {len(pred)} rows to {args.output} in {wall:.2f} s")
+    print(
+        json.dumps(msg) if args.json else f"wrote {len(pred)} rows to {args.output} in {wall:.2f} s"
+    )
     return 0
 
 
@@ -231,8 +246,13 @@ def cmd_validate(args) -> int:
     print(
         table(
             [
-                [*(r[k] for k in keys), str(r["rows"]), f"{100 * r['median_abs_rel_err']:.1f}%",
-                 f"{100 * r['p90_abs_rel_err']:.1f}%", f"{100 * r['bias']:+.1f}%"]
+                [
+                    *(r[k] for k in keys),
+                    str(r["rows"]),
+                    f"{100 * r['median_abs_rel_err']:.1f}%",
+                    f"{100 * r['p90_abs_rel_err']:.1f}%",
+                    f"{100 * r['bias']:+.1f}%",
+                ]
                 for r in rows
             ],
             [*keys, "rows", "median |err|", "p90 |err|", "bias"],
@@ -270,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int("batch"), default=8)
     p.add_argument("--isl", type=_positive_int("isl"), default=1024, help="input tokens")
     p.add_argument("--osl", type=_positive_int("osl"), default=256, help="output tokens")
+    p.add_argument(
+        "--max-num-tokens",
+        type=_positive_int("max-num-tokens"),
+        default=8192,
+        help="prefill token budget per iteration and attention replica",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_estimate)
 
@@ -302,6 +328,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"diffperf: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

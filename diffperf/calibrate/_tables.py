@@ -42,15 +42,34 @@ REQUIRED = ("device", "op", "latency_s")
 OP_COLUMNS: dict[str, tuple[str, ...]] = {
     "gemm": ("dtype", "m", "n", "k"),
     "attention_prefill": (
-        "dtype", "kv_dtype", "batch", "seq_len", "num_heads", "num_kv_heads", "head_dim",
+        "dtype",
+        "kv_dtype",
+        "batch",
+        "seq_len",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
     ),
     "attention_decode": (
-        "dtype", "kv_dtype", "batch", "kv_len", "num_heads", "num_kv_heads", "head_dim",
+        "dtype",
+        "kv_dtype",
+        "batch",
+        "kv_len",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
     ),
     "mla_prefill": ("scope", "dtype", "kv_dtype", "num_heads", "batch", "seq_len"),
     "mla_decode": ("scope", "dtype", "kv_dtype", "num_heads", "batch", "kv_len"),
     "moe": (
-        "dtype", "tokens", "hidden", "intermediate", "num_experts", "topk", "tp", "ep",
+        "dtype",
+        "tokens",
+        "hidden",
+        "intermediate",
+        "num_experts",
+        "topk",
+        "tp",
+        "ep",
         "distribution",
     ),
     "all_reduce": ("dtype", "num_devices", "message_bytes"),
@@ -60,7 +79,13 @@ OP_COLUMNS: dict[str, tuple[str, ...]] = {
     "moe_dispatch": ("implementation", "dtype", "ep", "hidden", "topk", "num_experts", "tokens"),
     "moe_combine": ("implementation", "dtype", "ep", "hidden", "topk", "num_experts", "tokens"),
     "moe_combine_low_precision": (
-        "implementation", "dtype", "ep", "hidden", "topk", "num_experts", "tokens",
+        "implementation",
+        "dtype",
+        "ep",
+        "hidden",
+        "topk",
+        "num_experts",
+        "tokens",
     ),
     "moe_prepare": ("implementation", "ep", "topk", "num_experts", "tokens"),
 }
@@ -127,8 +152,7 @@ def read_kernel_csv(path: str | Path, require_latency: bool = True) -> dict[str,
         if op not in OP_COLUMNS:
             i = int(np.flatnonzero(ops == op)[0])
             raise TableError(
-                f"{path}:{i + 2}: op = {op!r} is not a known kernel; known: "
-                f"{', '.join(OP_COLUMNS)}"
+                f"{path}:{i + 2}: op = {op!r} is not a known kernel; known: {', '.join(OP_COLUMNS)}"
             )
         sel = np.flatnonzero(ops == op)
         for col in OP_COLUMNS[op]:

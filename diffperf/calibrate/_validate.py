@@ -10,9 +10,7 @@ def error_table(cols: dict[str, np.ndarray], predicted: np.ndarray, keys=("devic
     """
     meas = cols["latency_s"]
     rel = predicted / meas - 1.0
-    labels = [
-        tuple(str(cols[k][i]) if k in cols else "" for k in keys) for i in range(len(meas))
-    ]
+    labels = [tuple(str(cols[k][i]) if k in cols else "" for k in keys) for i in range(len(meas))]
     groups: dict[tuple, list[int]] = {}
     for i, lab in enumerate(labels):
         groups.setdefault(lab, []).append(i)

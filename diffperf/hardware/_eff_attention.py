@@ -1,4 +1,8 @@
-"""Attention efficiency parameters (first cut; refined by the attention model owner)."""
+"""Attention efficiency parameters (fused FlashAttention-style, MLA and DSA kernels).
+
+Fitted per architecture profile in ``hardware_presets/efficiency/attention.toml`` (the data and
+method are recorded there); the equations that use them are in ``diffperf/ops/_attention.py``.
+"""
 
 import equinox as eqx
 
@@ -6,17 +10,65 @@ from .._numerics import as_float_array
 from .._types import FloatScalarLike
 
 
-class AttentionEfficiency(eqx.Module):
-    """Achieved fractions of fused attention kernels (FlashAttention-style, MLA, DSA).
+def _leaf():
+    return eqx.field(converter=as_float_array)
 
-    **Fields** (all float leaves):
-    - ``prefill_compute_eff``: fraction of dense peak reached by long causal prefill.
-    - ``decode_mem_eff``: fraction of HBM bandwidth reached by decode at large batch.
-    - ``decode_batch_half``: KV bytes (per kernel) at which decode reaches half its bandwidth.
-    - ``launch_s``: fixed per-kernel overhead.
+
+class AttentionEfficiency(eqx.Module):
+    """Physical parameters of fused attention kernels on one device (all float leaves).
+
+    Prefill (causal FlashAttention):
+    - ``prefill_eff_bf16``, ``prefill_eff_fp8``: fraction of the dense tensor-core peak of
+      that precision reached by the QK^T/PV work of long sequences.
+    - ``prefill_row_keys``: per-query-row overhead (load Q, softmax epilogue, write O) in
+      units of "equivalent attended keys": a row attending ``L`` keys costs ``L + row_keys``.
+    - ``prefill_seq_head_s``: device-seconds per (sequence, query head) work unit (CTA
+      scheduling, pipeline fill), seen as the cost of 1-token prefill at large batch.
+    - ``prefill_tiles_half``: parallel work units (128-query-row tiles × heads × sequences)
+      at which the device is half occupied: ``η ← η · U / (U + U_half)`` (SM fill).
+    Decode (one query token per sequence, KV-cache streaming):
+    - ``decode_mem_eff``: fraction of HBM bandwidth reached by large KV reads.
+    - ``decode_bytes_half``: KV bytes per kernel at which the achieved bandwidth is half of
+      the large-transfer value (``eta = eff * B / (B + B_half)``).
+    - ``decode_compute_eff``: fraction of the dense peak reached by decode's QK/PV math.
+    - ``decode_cta_s_bf16kv``, ``decode_cta_s_fp8kv``: device-seconds per (sequence, KV head)
+      work unit for a 16-bit / 8-bit KV cache (the fp8 kernels differ).
+    - ``overlap_p``: exponent of the p-norm that combines the compute and memory legs
+      (``p -> inf`` is perfect overlap = max, ``p = 1`` is no overlap = sum).
+    - ``prefill_launch_s``, ``decode_launch_s_bf16kv``, ``decode_launch_s_fp8kv``,
+      ``mla_launch_s``: fixed per-kernel time (launch + prologue/epilogue, under CUDA graphs)
+      of the prefill, 16-bit-KV decode, 8-bit-KV decode and MLA kernels.
+    MLA (DeepSeek-V2/V3):
+    - ``mla_prefill_eff_scale``: multiplier of the prefill efficiency for the non-absorbed
+      MLA context kernel (head dims 192/128 instead of 128/128).
+    - ``mla_decode_eff_bf16``, ``mla_decode_eff_fp8``: fraction of the dense peak reached by
+      the absorbed MLA decode kernel (math precision = KV-cache precision).
+    - ``mla_decode_seq_s``, ``mla_decode_head_s``: device-seconds per sequence and per
+      (sequence, head) of the MLA decode kernel.
+    - ``mla_module_fixed_s``: fixed time of the small kernels of an MLA block (RMSNorms, RoPE,
+      quantisation, KV-cache append) beyond its GEMMs and attention kernel.
+    - ``mla_module_token_s``: their per-token, per-head time (device-seconds).
     """
 
-    prefill_compute_eff: FloatScalarLike = eqx.field(converter=as_float_array)
-    decode_mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
-    decode_bytes_half: FloatScalarLike = eqx.field(converter=as_float_array)
-    launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    prefill_eff_bf16: FloatScalarLike = _leaf()
+    prefill_eff_fp8: FloatScalarLike = _leaf()
+    prefill_row_keys: FloatScalarLike = _leaf()
+    prefill_seq_head_s: FloatScalarLike = _leaf()
+    prefill_tiles_half: FloatScalarLike = _leaf()
+    decode_mem_eff: FloatScalarLike = _leaf()
+    decode_bytes_half: FloatScalarLike = _leaf()
+    decode_compute_eff: FloatScalarLike = _leaf()
+    decode_cta_s_bf16kv: FloatScalarLike = _leaf()
+    decode_cta_s_fp8kv: FloatScalarLike = _leaf()
+    overlap_p: FloatScalarLike = _leaf()
+    prefill_launch_s: FloatScalarLike = _leaf()
+    decode_launch_s_bf16kv: FloatScalarLike = _leaf()
+    decode_launch_s_fp8kv: FloatScalarLike = _leaf()
+    mla_launch_s: FloatScalarLike = _leaf()
+    mla_prefill_eff_scale: FloatScalarLike = _leaf()
+    mla_decode_eff_bf16: FloatScalarLike = _leaf()
+    mla_decode_eff_fp8: FloatScalarLike = _leaf()
+    mla_decode_seq_s: FloatScalarLike = _leaf()
+    mla_decode_head_s: FloatScalarLike = _leaf()
+    mla_module_fixed_s: FloatScalarLike = _leaf()
+    mla_module_token_s: FloatScalarLike = _leaf()

@@ -1,4 +1,4 @@
-"""GEMM efficiency parameters (first cut; refined by the GEMM model owner)."""
+"""GEMM efficiency parameters: the handful of physical numbers behind ``ops.gemm_cost``."""
 
 import equinox as eqx
 
@@ -9,14 +9,26 @@ from .._types import FloatScalarLike
 class GemmEfficiency(eqx.Module):
     """Achieved fractions and shape knobs of dense GEMMs on one device.
 
-    **Fields** (all float leaves):
-    - ``compute_eff_bf16`` .. ``compute_eff_fp4``: fraction of dense peak reached by large,
-      well-shaped GEMMs of that precision.
-    - ``mem_eff``: fraction of HBM bandwidth reached by memory-bound (small-m) GEMMs.
+    **Fields** (all float leaves, SI units):
+    - ``compute_eff_bf16`` .. ``compute_eff_fp32``: fraction of the dense peak of that
+      tensor-core precision reached by large, well-shaped GEMMs.
+    - ``block_scale_eff``: extra factor on compute efficiency for software block-scaled
+      formats (``fp8_block``: per-128 scale multiplies in the main loop).
+    - ``dequant_eff``: extra factor for weight-only formats (``int8_wo``, ``w4a16_*``), whose
+      weights are dequantised to bf16 in registers before the MMA.
+    - ``mem_eff``: fraction of HBM bandwidth reached by large memory-bound transfers.
+    - ``mem_half_bytes``: bytes moved at which the achieved bandwidth is half of that
+      (pipeline fill / too few CTAs in flight for small transfers).
     - ``tile_m_elems``, ``tile_n_elems``: output tile of the kernel (tile quantisation).
-    - ``num_tile_slots``: tiles that run concurrently (SM count × tiles per SM; waves).
-    - ``k_half_elems``: reduction length at which the main loop is half efficient.
-    - ``launch_s``: fixed per-kernel overhead.
+    - ``num_tile_slots``: tiles (or split-k work units) in flight at once: SMs × CTAs/SM.
+    - ``split_k_elems``: reduction length per work unit when a GEMM has too few output
+      tiles to fill the slots (split-k / stream-k).
+    - ``k_half_elems``: reduction length at which the main loop reaches half its rate
+      (prologue + epilogue amortisation).
+    - ``act_quant_passes``: separate memory passes over the activations (read bf16, write the
+      quantised copy) for formats that quantise activations (fp8, fp8_block, nvfp4); 0 when
+      quantisation is fused into the previous kernel.
+    - ``launch_s``: fixed per-kernel overhead (launch, setup, tail).
     """
 
     compute_eff_bf16: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -24,9 +36,14 @@ class GemmEfficiency(eqx.Module):
     compute_eff_fp4: FloatScalarLike = eqx.field(converter=as_float_array)
     compute_eff_int8: FloatScalarLike = eqx.field(converter=as_float_array)
     compute_eff_fp32: FloatScalarLike = eqx.field(converter=as_float_array)
+    block_scale_eff: FloatScalarLike = eqx.field(converter=as_float_array)
+    dequant_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
+    mem_half_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     tile_m_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     tile_n_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     num_tile_slots: FloatScalarLike = eqx.field(converter=as_float_array)
+    split_k_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     k_half_elems: FloatScalarLike = eqx.field(converter=as_float_array)
+    act_quant_passes: FloatScalarLike = eqx.field(converter=as_float_array)
     launch_s: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -213,9 +213,7 @@ def load_hardware(name_or_path: "str | Path | Hardware") -> Hardware:
         return name_or_path
     path = _resolve(name_or_path)
     raw = _merged_raw(path)
-    unknown_top = sorted(
-        k for k in raw if k not in _TOP_KEYS and k not in {s for s, _ in _SCHEMA}
-    )
+    unknown_top = sorted(k for k in raw if k not in _TOP_KEYS and k not in {s for s, _ in _SCHEMA})
     if unknown_top:
         raise PresetError(f"{path}: unknown top-level key(s) {unknown_top}")
     for key in ("name", "kind", "efficiency_profile"):

@@ -33,4 +33,6 @@ def elementwise_cost(hw: Hardware, elems, bytes_per_elem_moved, tau: float = 0.0
 
 def embedding_cost(hw: Hardware, tokens, hidden, bytes_per_elem=2.0, tau: float = 0.0) -> OpCost:
     """Embedding lookup: gather ``tokens`` rows of ``hidden`` elements and write them."""
-    return elementwise_cost(hw, jnp.asarray(tokens, dtype=float) * hidden, 2.0 * bytes_per_elem, tau)
+    return elementwise_cost(
+        hw, jnp.asarray(tokens, dtype=float) * hidden, 2.0 * bytes_per_elem, tau
+    )

@@ -30,8 +30,9 @@ class Estimate(eqx.Module):
     ``memory`` is taken at the end of generation (largest KV cache).
     """
 
-    prefill: StepResult
+    prefill: StepResult  # one prefill iteration
     decode: StepResult  # at the mean context (ISL + OSL/2)
+    prefill_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
     ttft_s: FloatScalarLike = eqx.field(converter=as_float_array)
     tpot_s: FloatScalarLike = eqx.field(converter=as_float_array)
     e2e_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -59,21 +60,30 @@ def estimate(
     batch,
     isl,
     osl,
+    max_num_tokens=8192.0,
     tau: float = 0.0,
 ) -> Estimate:
     """Serve ``batch`` requests of ``isl`` prompt and ``osl`` output tokens on one instance.
 
-    ``ttft = prefill(batch, isl)``; ``tpot = mean decode-step latency over the contexts``;
-    ``e2e = ttft + (osl - 1) * tpot``; decode throughput ``batch / tpot``.
+    Prefill runs in iterations of at most ``max_num_tokens`` new tokens per attention replica
+    (the engine's token budget, TensorRT-LLM's ``max_num_tokens`` default 8192):
+    ``n = max(1, batch·isl / (dp·max_num_tokens))`` iterations of ``batch/n`` prompts each
+    (continuous, so the count stays differentiable). Requests finish prefill uniformly over
+    the ``n`` iterations, so the mean ``ttft = (n + 1)/2 · t_iter``; the whole batch's
+    ``prefill_latency_s = n · t_iter``. ``tpot`` = mean decode-step latency over the contexts
+    ``isl .. isl+osl``; ``e2e = prefill_latency + (osl - 1)·tpot``; decode throughput
+    ``batch / tpot``.
     """
     batch = jnp.asarray(batch, dtype=float)
     isl = jnp.asarray(isl, dtype=float)
     osl = jnp.asarray(osl, dtype=float)
-    pre = iteration(hw, model, plan, prefill_batch(batch, isl), tau)
+    n_iter = jnp.maximum(safe_div(batch * isl, plan.dp * max_num_tokens), 1.0)
+    pre = iteration(hw, model, plan, prefill_batch(batch / n_iter, isl), tau)
     dec = iteration(hw, model, plan, decode_batch(batch, isl + 0.5 * osl), tau)
     tpot = mean_tpot_s(hw, model, plan, batch, isl, osl, tau)
-    ttft = pre.latency_s
-    e2e = ttft + jnp.maximum(osl - 1.0, 0.0) * tpot
+    prefill_latency = n_iter * pre.latency_s
+    ttft = 0.5 * (n_iter + 1.0) * pre.latency_s
+    e2e = prefill_latency + jnp.maximum(osl - 1.0, 0.0) * tpot
     thr = safe_div(batch, tpot)
     devices = plan.devices
     mem_end = iteration(hw, model, plan, decode_batch(batch, isl + osl), tau).memory
@@ -88,6 +98,7 @@ def estimate(
     return Estimate(
         prefill=pre,
         decode=dec,
+        prefill_latency_s=prefill_latency,
         ttft_s=ttft,
         tpot_s=tpot,
         e2e_latency_s=e2e,

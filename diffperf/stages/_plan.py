@@ -90,8 +90,15 @@ def make_plan(
     md = moe_dtype or (dtype if dtype else model.default_dtype)
     kd = kv_dtype or "bf16"
     plan = ParallelPlan(
-        tp=tp, pp=pp, dp=dp, ep=ep, moe_tp=moe_tp, weight_dtype=wd, moe_dtype=md,
-        kv_dtype=kd, comm_dtype=comm_dtype,
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        ep=ep,
+        moe_tp=moe_tp,
+        weight_dtype=wd,
+        moe_dtype=md,
+        kv_dtype=kd,
+        comm_dtype=comm_dtype,
     )
     check_plan(model, plan)
     return plan
@@ -124,8 +131,7 @@ def check_plan(model: ModelSpec, plan: ParallelPlan) -> None:
         kvh = int(round(float(model.num_kv_heads)))
         if kvh % tp and tp % kvh:
             raise PlanError(
-                f"plan.tp = {tp} neither divides nor is a multiple of {model.name}'s {kvh} "
-                f"KV heads"
+                f"plan.tp = {tp} neither divides nor is a multiple of {model.name}'s {kvh} KV heads"
             )
     layers = int(round(float(model.num_layers)))
     if pp > layers:
@@ -142,8 +148,7 @@ def check_plan(model: ModelSpec, plan: ParallelPlan) -> None:
         width = int(round(float(model.moe_intermediate)))
         if width % moe_tp:
             raise PlanError(
-                f"plan.moe_tp = {moe_tp} does not divide the expert width {width} of "
-                f"{model.name}"
+                f"plan.moe_tp = {moe_tp} does not divide the expert width {width} of {model.name}"
             )
     elif ep != 1 or moe_tp != 1:
         raise PlanError(f"plan.ep = {ep}, moe_tp = {moe_tp}: {model.name} has no MoE layers")

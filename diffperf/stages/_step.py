@@ -165,12 +165,29 @@ def _gqa_attention(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> OpCos
     qkv = gemm_cost(hw, m_tok, (hq + 2.0 * hkv) * hd, d, wd, tau)
     o = gemm_cost(hw, m_tok, d, hq * hd, wd, tau)
     dec = attention_decode_cost(
-        hw, mb.decode_seqs / plan.dp, mb.decode_context_tokens, hq, hkv, hd, "bf16",
-        plan.kv_dtype, window=window, tau=tau,
+        hw,
+        mb.decode_seqs / plan.dp,
+        mb.decode_context_tokens,
+        hq,
+        hkv,
+        hd,
+        "bf16",
+        plan.kv_dtype,
+        window=window,
+        tau=tau,
     )
     pre = attention_prefill_cost(
-        hw, mb.prefill_seqs / plan.dp, mb.prefill_chunk_tokens, hq, hkv, hd, "bf16",
-        plan.kv_dtype, prefix_len=mb.prefill_prefix_tokens, window=window, tau=tau,
+        hw,
+        mb.prefill_seqs / plan.dp,
+        mb.prefill_chunk_tokens,
+        hq,
+        hkv,
+        hd,
+        "bf16",
+        plan.kv_dtype,
+        prefix_len=mb.prefill_prefix_tokens,
+        window=window,
+        tau=tau,
     )
     return qkv + o + _gated(dec, mb.decode_seqs) + _gated(pre, mb.prefill_seqs)
 
@@ -184,13 +201,28 @@ def _mla_attention(hw, model, plan, mb: BatchShape, tau) -> OpCost:
     """MLA/DSA block (projections + kernel) for one attention replica, heads split over tp."""
     hq = model.num_heads / plan.tp
     dec = mla_module_cost(
-        hw, model, mb.decode_seqs / plan.dp, 1.0, mb.decode_context_tokens, hq, "decode",
-        gemm_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype, tau=tau,
+        hw,
+        model,
+        mb.decode_seqs / plan.dp,
+        1.0,
+        mb.decode_context_tokens,
+        hq,
+        "decode",
+        gemm_dtype=plan.weight_dtype,
+        kv_dtype=plan.kv_dtype,
+        tau=tau,
     )
     pre = mla_module_cost(
-        hw, model, mb.prefill_seqs / plan.dp, mb.prefill_chunk_tokens,
-        mb.prefill_prefix_tokens + mb.prefill_chunk_tokens, hq, "prefill",
-        gemm_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype, tau=tau,
+        hw,
+        model,
+        mb.prefill_seqs / plan.dp,
+        mb.prefill_chunk_tokens,
+        mb.prefill_prefix_tokens + mb.prefill_chunk_tokens,
+        hq,
+        "prefill",
+        gemm_dtype=plan.weight_dtype,
+        kv_dtype=plan.kv_dtype,
+        tau=tau,
     )
     return _gated(dec, mb.decode_seqs) + _gated(pre, mb.prefill_seqs)
 
@@ -220,13 +252,26 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
     """
     group_tokens = m_tok * plan.dp
     routed = moe_layer_cost(
-        hw, group_tokens / plan.ep, model.hidden_size, model.moe_intermediate,
-        model.num_experts, model.experts_per_token, plan.moe_tp, plan.ep, plan.moe_dtype,
-        gated=model.gated_mlp, tau=tau,
+        hw,
+        group_tokens / plan.ep,
+        model.hidden_size,
+        model.moe_intermediate,
+        model.num_experts,
+        model.experts_per_token,
+        plan.moe_tp,
+        plan.ep,
+        plan.moe_dtype,
+        gated=model.gated_mlp,
+        tau=tau,
     )
     shared = _dense_ffn(
-        hw, model, plan, m_tok, model.num_shared_experts * model.moe_intermediate,
-        plan.weight_dtype, tau,
+        hw,
+        model,
+        plan,
+        m_tok,
+        model.num_shared_experts * model.moe_intermediate,
+        plan.weight_dtype,
+        tau,
     )
     shared = _gated(shared, model.num_shared_experts)
     per_rank = group_tokens / (plan.tp * plan.dp)

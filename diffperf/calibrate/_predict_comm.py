@@ -1,0 +1,95 @@
+"""Predict measured collective and MoE all-to-all rows (collectives.csv, moe_alltoall.csv).
+
+Rows are grouped by their static attributes (op, implementation, dtype); each group is one
+jitted, vmapped call over the numeric columns.
+"""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..hardware import Hardware
+from ..ops import _collectives as C
+
+
+_COLLECTIVES = {
+    "all_reduce": C.all_reduce_cost,
+    "all_gather": C.all_gather_cost,
+    "reduce_scatter": C.reduce_scatter_cost,
+    "all_to_all": C.all_to_all_cost,
+}
+_MOE_OPS = ("moe_dispatch", "moe_combine", "moe_combine_low_precision", "moe_prepare")
+
+
+def _row_fn(op: str, impl: str, dtype: str):
+    """A function ``(hw, x) -> seconds`` of one row's numeric vector ``x`` (static attrs)."""
+    if op in _COLLECTIVES:
+        fn = _COLLECTIVES[op]
+        if op == "all_reduce":
+            kw = {"impl": "custom" if impl == "custom" else "nccl", "dtype": dtype or "bf16"}
+        else:
+            kw = {}
+        return lambda hw, x: fn(hw, x[0], x[1], **kw).time_s
+    if op == "moe_prepare":
+        return lambda hw, x: C.moe_prepare_cost(hw, x[0], x[2], x[3], x[4], impl=impl).time_s
+    if op == "moe_dispatch":
+        return lambda hw, x: (
+            C.moe_dispatch_cost(
+                hw, x[0], x[1], x[2], x[3], x[4], dtype=dtype or "bf16", impl=impl
+            ).time_s
+        )
+    low = op == "moe_combine_low_precision"
+    return lambda hw, x: (
+        C.moe_combine_cost(
+            hw, x[0], x[1], x[2], x[3], x[4], dtype=dtype or "bf16", impl=impl, low_precision=low
+        ).time_s
+    )
+
+
+@functools.cache
+def _group_fn(op: str, impl: str, dtype: str):
+    f = _row_fn(op, impl, dtype)
+    return eqx.filter_jit(jax.vmap(f, in_axes=(None, 0)))
+
+
+def _numeric(cols: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    if name in cols:
+        return np.nan_to_num(np.asarray(cols[name], dtype=float), nan=0.0)
+    return np.zeros(n)
+
+
+def row_inputs(cols: dict[str, np.ndarray], op: str) -> np.ndarray:
+    """The numeric vector per row: collectives ``[message_bytes, num_devices]``; MoE ops
+    ``[tokens, hidden, topk, num_experts, ep]``."""
+    n = len(cols["op"])
+    if op in _COLLECTIVES:
+        return np.stack([_numeric(cols, "message_bytes", n), _numeric(cols, "num_devices", n)], 1)
+    return np.stack(
+        [_numeric(cols, k, n) for k in ("tokens", "hidden", "topk", "num_experts", "ep")], 1
+    )
+
+
+def predict_rows(hw: Hardware, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Predicted latency (s) of each row (ops all_reduce, all_gather, reduce_scatter,
+    all_to_all, moe_dispatch, moe_combine, moe_combine_low_precision, moe_prepare)."""
+    ops = np.asarray(cols["op"])
+    n = len(ops)
+    impls = np.asarray(cols.get("implementation", np.full(n, "", dtype=str)))
+    dtypes = np.asarray(cols.get("dtype", np.full(n, "", dtype=str)))
+    out = np.full(n, np.nan)
+    keys = np.char.add(
+        np.char.add(np.char.add(ops.astype(str), "|"), impls.astype(str)),
+        np.char.add("|", dtypes.astype(str)),
+    )
+    for key in np.unique(keys):
+        op, impl, dtype = str(key).split("|")
+        if op not in _COLLECTIVES and op not in _MOE_OPS:
+            raise ValueError(f"predict_rows (comm): op {op!r} is not a communication op")
+        mask = keys == key
+        sub = {k: v[mask] for k, v in cols.items()}
+        x = jnp.asarray(row_inputs(sub, op), dtype=float)
+        out[mask] = np.asarray(_group_fn(op, impl, dtype)(hw, x), dtype=float)
+    return out

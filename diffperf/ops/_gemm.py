@@ -1,0 +1,134 @@
+"""Dense GEMM cost on one device: a shape-aware roofline.
+
+``t = smooth_max(flop / (peak · η_c), bytes / (bw · η_m)) + t_quant + launch`` with
+
+- ``flop = 2 m n k``; ``bytes = m k a + k n w + m n o`` (activation, weight and output bytes
+  per element of the formats, scales included, see ``_dtypes.py``);
+- ``η_c = eff_prec · [block_scale_eff] · [dequant_eff] · η_tile · η_wave · η_k``:
+  ``η_tile = m n / (⌈m/T_m⌉ T_m ⌈n/T_n⌉ T_n)`` (padding of the last tile row/column),
+  ``η_wave = u / (⌈u/S⌉ S)`` for ``u = tiles · s`` work units over ``S`` tile slots, where a
+  GEMM with fewer tiles than slots splits k into ``s = clip(⌊S/tiles⌋, 1, ⌈k/K_split⌉)``
+  parts (fp4 kernels never split), and ``η_k = k_s / (k_s + K_half)`` for the per-unit
+  reduction length ``k_s = k/s``;
+- ``η_m = mem_eff · bytes / (bytes + B_half)`` (small transfers do not reach full bandwidth);
+- ``t_quant = passes · m k (2 + a) / (bw · η_m)``: a separate activation-quantisation pass
+  for per-tensor-scaled formats whose activation quantisation is its own kernel
+  (fp8, int8; ``SEPARATE_ACT_QUANT``; nvfp4 quantisation is fused).
+
+All ceilings/floors are straight-through: exact forward values, finite identity-slope
+gradients. A precision without native support runs on the next wider one
+(:meth:`Accelerator.compute_precision`); weight-only formats (``int8_wo``, ``w4a16_*``)
+compute in bf16 but read fewer weight bytes.
+"""
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._dtypes import activation_bytes, get_format
+from .._numerics import ceil_div, safe_div, saturating, smooth_max2, ste_ceil
+from ..hardware import Hardware
+from ._cost import OpCost
+
+
+# Formats whose activation quantisation runs as its own kernel before the GEMM (a per-tensor
+# scale needs the whole tensor's amax). fp8_block quantises per 1x128 group and is fused; bf16
+# and weight-only formats keep bf16 activations.
+SEPARATE_ACT_QUANT = frozenset({"fp8", "int8"})
+
+
+def _ste_floor(x):
+    x = jnp.asarray(x, dtype=float)
+    return x + lax.stop_gradient(jnp.floor(x) - x)
+
+
+def gemm_compute_eff(hw: Hardware, m, n, k, dtype: str):
+    """Shape-dependent compute efficiency ``η_c`` (fraction of dense peak) of a GEMM.
+
+    **Arguments:** ``hw``; ``m, n, k`` (elements, float leaves, broadcastable); ``dtype``
+    (static format name).
+
+    **Returns:** ``η_c`` in (0, 1], broadcast shape of ``m, n, k``.
+    """
+    e = hw.accel.eff.gemm
+    fmt = get_format(dtype)
+    prec = hw.accel.compute_precision(dtype)
+    m = jnp.asarray(m, dtype=float)
+    n = jnp.asarray(n, dtype=float)
+    k = jnp.asarray(k, dtype=float)
+    tm = ceil_div(m, e.tile_m_elems)
+    tn = ceil_div(n, e.tile_n_elems)
+    tiles = tm * tn
+    tile_eff = safe_div(m * n, tiles * e.tile_m_elems * e.tile_n_elems)
+    # split-k when the output tiles alone cannot fill the slots
+    max_split = ceil_div(k, e.split_k_elems)
+    if prec == "fp4":
+        # block-scaled fp4 kernels (CUTLASS/TRT-LLM nvfp4) have no split-k: few tiles each
+        # stream the whole k, which is what makes small-m fp4 GEMMs slow at long k.
+        max_split = jnp.ones_like(max_split)
+    split = jnp.clip(
+        _ste_floor(safe_div(e.num_tile_slots, tiles)), 1.0, jnp.maximum(max_split, 1.0)
+    )
+    units = tiles * split
+    waves = ste_ceil(safe_div(units, e.num_tile_slots))
+    wave_eff = safe_div(units, waves * e.num_tile_slots)
+    k_eff = saturating(safe_div(k, split), e.k_half_elems)
+    eff = getattr(e, f"compute_eff_{prec}") * tile_eff * wave_eff * k_eff
+    if dtype == "fp8_block":
+        eff = eff * e.block_scale_eff
+    if fmt.weight_only:
+        eff = eff * e.dequant_eff
+    return eff
+
+
+def gemm_mem_eff(hw: Hardware, bytes_):
+    """Achieved fraction of HBM bandwidth for a transfer of ``bytes_``: ``mem_eff·b/(b+B½)``."""
+    e = hw.accel.eff.gemm
+    return e.mem_eff * saturating(bytes_, e.mem_half_bytes)
+
+
+def gemm_bytes(m, n, k, dtype: str, out_dtype: str = "bf16"):
+    """HBM bytes of one GEMM: activations ``m·k``, weights ``k·n``, output ``m·n``."""
+    fmt = get_format(dtype)
+    out = get_format(out_dtype, "out_dtype")
+    return (
+        m * k * activation_bytes(dtype)
+        + k * n * fmt.bytes_per_element
+        + m * n * out.bytes_per_element
+    )
+
+
+def gemm_cost(
+    hw: Hardware, m, n, k, dtype: str, tau: float = 0.0, out_dtype: str = "bf16"
+) -> OpCost:
+    """Time of ``C[m,n] = A[m,k] @ B[k,n]`` in format ``dtype`` on one device.
+
+    See the module docstring for the formula. ``tau`` is the smooth-max temperature
+    (0 = exact roofline max; the bias is at most a factor ``2**tau``).
+
+    **Arguments:**
+    - ``hw``: the :class:`Hardware` (peaks, HBM bandwidth, ``eff.gemm``).
+    - ``m, n, k``: GEMM dimensions in elements (float leaves, broadcastable).
+    - ``dtype``: static format name (``bf16``, ``fp8``, ``fp8_block``, ``nvfp4``,
+      ``int8``, ``int8_wo``, ``w4a16_mxfp4``, ...).
+    - ``out_dtype``: static format of the output ``C``.
+
+    **Returns:** an :class:`OpCost` (``time_s``, both roofline legs, FLOP and bytes).
+    """
+    e = hw.accel.eff.gemm
+    get_format(dtype)  # validates the name (clear error for an unknown format)
+    m = jnp.asarray(m, dtype=float)
+    n = jnp.asarray(n, dtype=float)
+    k = jnp.asarray(k, dtype=float)
+    bw = hw.accel.hbm.bw_bytes_per_s
+    flop = 2.0 * m * n * k
+    bytes_ = gemm_bytes(m, n, k, dtype, out_dtype)
+    compute_s = safe_div(
+        flop, hw.accel.peak_flop_per_s(dtype) * gemm_compute_eff(hw, m, n, k, dtype)
+    )
+    memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
+    t = smooth_max2(compute_s, memory_s, tau) + e.launch_s
+    if dtype in SEPARATE_ACT_QUANT:
+        ab = activation_bytes(dtype)
+        qbytes = m * k * (2.0 + ab)
+        t = t + e.act_quant_passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
+    return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
