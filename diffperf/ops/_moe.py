@@ -3,26 +3,33 @@
 Semantics follow the measured ``moe.csv`` table: ``tokens`` enter the layer on this rank;
 the ``tokens·top_k`` assignments spread over ``E`` experts, of which this rank holds
 ``E/ep``, each with its intermediate dimension split over ``tp``. With ``E_r = E/ep``,
-``I_r = I/tp`` and ``g = 3`` (gated: gate, up, down) or ``2``:
+``I_r = I/tp``, ``g = 3`` (gated: gate, up, down) or ``2``, ``a`` the GEMM-input activation
+bytes and ``w`` the weight bytes per element:
 
-- assignments on the rank ``A = T·k/ep``, times the load factor
-  ``λ = imbalance · ep^(skew_ep_exponent·skew)`` for the busiest rank (rank 0);
+- local assignments ``A = λ·T·k/ep`` with the busiest rank's load factor
+  ``λ = imbalance · ep^(skew_ep_exponent·skew)`` (rank 0's latency is measured);
 - experts touched on the rank ``E_t = E_r·f``: ``f = min(1, T·k/E)`` for balanced
   (round-robin) routing and ``1 − (1 − k/E)^T`` (random routing, see
-  :func:`expected_experts_touched`) mixed in with weight ``min(skew, 1)``: the weights read
-  grow with the batch until every local expert is touched;
-- bytes ``= E_t·g·H·I_r·w + λA·H·(a + o) + λA·I_r·2a`` (expert weights, token rows in/out,
-  the intermediate activation) plus ``permute_passes·T·H·a`` for routing/permutation;
-- FLOP ``= 2·λA·H·I_r·g``, on the precision's peak with efficiency
-  ``eff.gemm.compute_eff_<prec> · [block/dequant] · moe.compute_eff · η_tile(m_e)``, where
-  ``m_e = λA/E_t`` is the rows per touched expert padded to the grouped GEMM's ``moe.tile_m_elems``;
-- ``t = smooth_max(FLOP/(peak·η_c), bytes/(bw·moe.mem_eff)) + routing_s``.
+  :func:`expected_experts_touched`) mixed in with weight ``min(skew, 1)``;
+- grouped GEMMs, a roofline of the weight stream and the tensor-core work:
+  ``t_gemm = smooth_max(t_c, E_t·g·H·I_r·w / (bw·mem_eff))`` with
+  ``t_c = 2A·H·I_r·(g−1)/(P·η·η_k(H)) + 2A·I_r·H/(P·η·η_k(I_r))`` (gate/up then down),
+  ``η = eff.gemm.compute_eff_<prec> · [block_scale_eff] · moe.compute_eff · η_tile(m_e)
+  · [moe.wo_compute_eff]``, ``η_k(k) = k/(k + eff.gemm.k_half_elems)`` (short reductions,
+  e.g. the down GEMM at high TP) and ``η_tile`` the padding of the rows per touched expert
+  ``m_e = A/E_t`` to the grouped GEMM's ``moe.tile_m_elems`` (weight-only kernels
+  dequantise each weight tile once per row tile, which is what this padding charges);
+- activation traffic of the separate expand / activation / finalize kernels, additive:
+  ``A·(H·(2 + a + 4) + I_r·(2(g−1) + 2 + a)) / (bw·mem_eff)``;
+- routing, additive: ``routing_s + assign_s·T·k + permute_passes·T·H·2/(bw·mem_eff)``
+  (top-k, sort and scatter of all ``T·k`` assignments, passes over the bf16 token rows);
+  weight-only formats add ``wo_fixed_s + wo_assign_s·T·k`` (their separate kernel path).
 """
 
 import jax.numpy as jnp
 
 from .._dtypes import activation_bytes, get_format
-from .._numerics import ceil_div, safe_div, smooth_max2
+from .._numerics import ceil_div, safe_div, saturating, smooth_max2
 from ..hardware import Hardware
 from ._cost import OpCost
 
@@ -60,14 +67,16 @@ def moe_layer_cost(
     """Time of one fused MoE layer on rank 0 (routing, permutation, grouped GEMMs).
 
     See the module docstring for the formulas. ``skew`` is a float leaf: 0 for balanced
-    routing, the power-law exponent (e.g. 1.2) for skewed routing.
+    routing, the power-law exponent (e.g. 1.2) for skewed routing. ``tau`` only smooths
+    the GEMM roofline max (bias at most a factor ``2**tau``).
 
     **Arguments:** ``hw``; ``tokens`` (per rank, before routing), ``hidden``,
     ``intermediate`` (per expert, before TP), ``num_experts``, ``top_k``, ``tp``, ``ep``
     (float leaves); ``dtype`` (static format of the expert weights); ``gated`` (static);
     ``skew``; ``tau`` (smooth-max temperature, 0 = exact).
 
-    **Returns:** an :class:`OpCost`.
+    **Returns:** an :class:`OpCost` (``compute_s``: tensor-core time; ``memory_s``: weight
+    stream plus activation traffic; ``time_s`` also holds routing).
     """
     ge = hw.accel.eff.gemm
     me = hw.accel.eff.moe
@@ -84,6 +93,7 @@ def moe_layer_cost(
     g = 3.0 if gated else 2.0
     a_b = activation_bytes(dtype)
     w_b = fmt.bytes_per_element
+    bw = hw.accel.hbm.bw_bytes_per_s * me.mem_eff
 
     e_r = safe_div(e, ep)
     i_r = safe_div(inter, tp)
@@ -94,21 +104,32 @@ def moe_layer_cost(
     w = jnp.clip(skew, 0.0, 1.0)
     touched = e_r * (f_bal + w * (f_rand - f_bal))
 
-    bytes_ = (
-        touched * g * h * i_r * w_b
-        + assign * h * (a_b + 2.0)
-        + assign * i_r * 2.0 * a_b
-        + me.permute_passes * t * h * a_b
-    )
-    flop = 2.0 * assign * h * i_r * g
+    # grouped GEMMs: tensor-core work vs the weight stream
     m_e = safe_div(assign, touched)
     tile_eff = safe_div(m_e, ceil_div(m_e, me.tile_m_elems) * me.tile_m_elems)
     eff = getattr(ge, f"compute_eff_{prec}") * me.compute_eff * tile_eff
     if dtype == "fp8_block":
         eff = eff * ge.block_scale_eff
     if fmt.weight_only:
-        eff = eff * ge.dequant_eff
-    compute_s = safe_div(flop, hw.accel.peak_flop_per_s(dtype) * eff)
-    memory_s = safe_div(bytes_, hw.accel.hbm.bw_bytes_per_s * me.mem_eff)
-    time_s = smooth_max2(compute_s, memory_s, tau) + me.routing_s
+        eff = eff * me.wo_compute_eff
+    peak = hw.accel.peak_flop_per_s(dtype) * eff
+    flop_up = 2.0 * assign * h * i_r * (g - 1.0)
+    flop_down = 2.0 * assign * i_r * h
+    compute_s = safe_div(flop_up, peak * saturating(h, ge.k_half_elems)) + safe_div(
+        flop_down, peak * saturating(i_r, ge.k_half_elems)
+    )
+    w_bytes = touched * g * h * i_r * w_b
+    gemm_s = smooth_max2(compute_s, safe_div(w_bytes, bw), tau)
+
+    # activation traffic of expand / activation / finalize kernels
+    act_bytes = assign * (h * (2.0 + a_b + 4.0) + i_r * (2.0 * (g - 1.0) + 2.0 + a_b))
+    # routing: fixed launch chain, per-assignment sort/scatter, passes over token rows
+    tok_bytes = me.permute_passes * t * h * 2.0
+    route_s = me.routing_s + me.assign_s * t * k
+    if fmt.weight_only:
+        route_s = route_s + me.wo_fixed_s + me.wo_assign_s * t * k
+    bytes_ = w_bytes + act_bytes + tok_bytes
+    time_s = gemm_s + safe_div(act_bytes + tok_bytes, bw) + route_s
+    flop = flop_up + flop_down
+    memory_s = safe_div(bytes_, bw)
     return OpCost(time_s, compute_s, memory_s, jnp.zeros_like(time_s), flop, bytes_)
