@@ -40,7 +40,7 @@ def _positive_float(name, allow_zero=False):
 
 def _add_plan_flags(p: argparse.ArgumentParser):
     p.add_argument(
-        "--model", default="llama-3.1-70b", help="preset name, HF repo id or config.json"
+        "--model", default="llama-3.1-8b", help="preset name, HF repo id or config.json"
     )
     p.add_argument("--hardware", default="h100-sxm", help="preset name or TOML file")
     p.add_argument("--tp", type=_positive_int("tp"), default=1, help="tensor parallel degree")
@@ -178,7 +178,19 @@ def _print_estimate(r: dict):
 
 
 def cmd_estimate(args) -> int:
+    from ._report import fmt_bytes
+
     r = estimate_report(args)
+    if not r["fits"] and not args.ignore_memory:
+        m = r["memory_per_device"]
+        raise ValueError(
+            f"{r['model']} does not fit on {r['hardware']} with this plan: it needs "
+            f"{fmt_bytes(m['total_bytes'])} per device (weights {fmt_bytes(m['weight_bytes'])}, "
+            f"KV cache {fmt_bytes(m['kv_cache_bytes'])}, activations "
+            f"{fmt_bytes(m['activation_bytes'])}) but memory.hbm_capacity_gb x "
+            f"usable_fraction = {fmt_bytes(m['capacity_bytes'])}; raise --tp/--pp/--ep, lower "
+            f"--batch, or pass --ignore-memory to report the timings anyway"
+        )
     if args.json:
         print(json.dumps(r, indent=2))
     else:
@@ -295,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int("max-num-tokens"),
         default=8192,
         help="prefill token budget per iteration and attention replica",
+    )
+    p.add_argument(
+        "--ignore-memory", action="store_true", help="report timings even if it does not fit"
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_estimate)

@@ -148,7 +148,7 @@ def read_kernel_csv(path: str | Path, require_latency: bool = True) -> dict[str,
                 f"{path}:{i + 2}: latency_s = {lat[i]!r} must be a positive number of seconds"
             )
     ops = cols["op"]
-    for op in np.unique(ops):
+    for op in (str(o) for o in np.unique(ops)):
         if op not in OP_COLUMNS:
             i = int(np.flatnonzero(ops == op)[0])
             raise TableError(

@@ -5,6 +5,7 @@ batch, TPOT the mean decode-step latency over the generated contexts.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,11 +47,13 @@ class Estimate(eqx.Module):
 
 def mean_tpot_s(hw, model, plan, batch, isl, osl, tau: float = 0.0):
     """Mean decode-step latency over contexts ``isl .. isl + osl`` (3-point Gauss-Legendre)."""
-    total = jnp.zeros(())
-    for x, w in zip(_GL_NODES, _GL_WEIGHTS):
-        ctx = isl + x * osl
-        total = total + w * iteration(hw, model, plan, decode_batch(batch, ctx), tau).latency_s
-    return total
+    nodes = jnp.asarray(_GL_NODES)
+    weights = jnp.asarray(_GL_WEIGHTS)
+
+    def step(x):
+        return iteration(hw, model, plan, decode_batch(batch, isl + x * osl), tau).latency_s
+
+    return jnp.sum(weights * jax.vmap(step)(nodes))
 
 
 def estimate(
