@@ -11,6 +11,8 @@ Run: ``python benchmarks/bench_core.py --json``. Prints one JSON object:
   one design point divided by one forward evaluation at that point (both jitted, hardware
   passed as an argument, mean over repeated calls) — the cost of a sensitivity analysis or an
   optimiser step relative to an evaluation.
+- ``grad_over_forward_compute``: the same at one point with the leaves raveled into one array
+  (no per-leaf call overhead): the ratio of the compiled computations themselves.
 - ``grad_over_forward_vmapped``: the same ratio per point when gradients for all ``--points``
   distinct points are taken in one vmapped call (see README: XLA's CPU backend splits the
   batched backward pass into hundreds of loop fusions, so this ratio is much higher).
@@ -26,6 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from diffperf.hardware import load_hardware
 from diffperf.model import load_model
@@ -82,6 +85,14 @@ def main():
     t_f1 = _best(f1, one, seqs[0], ctx[0], repeats=args.repeats, inner=200)
     t_g1 = _best(g1, one, seqs[0], ctx[0], repeats=args.repeats, inner=200)
 
+    # the same, with the 91 leaves raveled into one array: removes the per-leaf call overhead
+    # of a pytree argument, leaving the compiled computation itself
+    flat, unravel = ravel_pytree(one)
+    f1f = jax.jit(lambda x: latency(unravel(x), seqs[0], ctx[0]))
+    g1f = jax.jit(jax.grad(lambda x: latency(unravel(x), seqs[0], ctx[0])))
+    t_f1f = _best(f1f, flat, repeats=args.repeats, inner=200)
+    t_g1f = _best(g1f, flat, repeats=args.repeats, inner=200)
+
     gv = jax.jit(jax.vmap(jax.grad(latency)))
     t_gv = _best(gv, batched, seqs, ctx, repeats=args.repeats)
 
@@ -89,6 +100,7 @@ def main():
         "points": n,
         "decode_step_evals_per_s": n / t_fwd,
         "grad_over_forward": t_g1 / t_f1,
+        "grad_over_forward_compute": t_g1f / t_f1f,
         "grad_over_forward_vmapped": t_gv / t_fwd,
         "grad_leaves": len(leaves),
         "compile_s": compile_s,
@@ -96,6 +108,8 @@ def main():
         "vmapped_grad_s": t_gv,
         "single_forward_s": t_f1,
         "single_grad_s": t_g1,
+        "single_forward_flat_s": t_f1f,
+        "single_grad_flat_s": t_g1f,
         "cpu_count": os.cpu_count(),
         "jax_backend": jax.default_backend(),
         "jax_version": jax.__version__,

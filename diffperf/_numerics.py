@@ -61,9 +61,27 @@ def smooth_max_pos(x, tau: float = 0.0, axis=-1):
 
 
 def smooth_max2(a, b, tau: float = 0.0):
-    """Smooth max of two non-negative arrays (broadcast), see :func:`smooth_max_pos`."""
-    a, b = jnp.broadcast_arrays(jnp.asarray(a, dtype=float), jnp.asarray(b, dtype=float))
-    return smooth_max_pos(jnp.stack([a, b], axis=-1), tau, axis=-1)
+    """Smooth max of two non-negative arrays (broadcast), see :func:`smooth_max_pos`.
+
+    Written without stacking (no concatenate/reduce), which keeps XLA's fusion of the
+    backward pass intact.
+    """
+    a = jnp.asarray(a, dtype=float)
+    b = jnp.asarray(b, dtype=float)
+    if tau == 0:
+        return jnp.maximum(a, b)
+    m = lax.stop_gradient(jnp.maximum(a, b))
+    m = jnp.where(m > 0, m, 1.0)
+    p = 1.0 / tau
+
+    def powr(x):
+        r = jnp.clip(x / m, 0.0, None)
+        ok = r > 0
+        return jnp.where(ok, jnp.where(ok, r, 1.0) ** p, 0.0)
+
+    s = powr(a) + powr(b)
+    ok = s > 0
+    return jnp.where(ok, m * jnp.where(ok, s, 1.0) ** tau, 0.0)
 
 
 def smooth_min_pos(x, tau: float = 0.0, axis=-1):
@@ -81,8 +99,12 @@ def smooth_min_pos(x, tau: float = 0.0, axis=-1):
 
 def smooth_min2(a, b, tau: float = 0.0):
     """Smooth min of two positive arrays (broadcast), see :func:`smooth_min_pos`."""
-    a, b = jnp.broadcast_arrays(jnp.asarray(a, dtype=float), jnp.asarray(b, dtype=float))
-    return smooth_min_pos(jnp.stack([a, b], axis=-1), tau, axis=-1)
+    a = jnp.asarray(a, dtype=float)
+    b = jnp.asarray(b, dtype=float)
+    if tau == 0:
+        return jnp.minimum(a, b)
+    zero = (a <= 0) | (b <= 0)
+    return jnp.where(zero, 0.0, safe_div(1.0, smooth_max2(safe_div(1.0, a), safe_div(1.0, b), tau)))
 
 
 def softplus_penalty(used, capacity, sharpness: float = 20.0):

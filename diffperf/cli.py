@@ -39,9 +39,7 @@ def _positive_float(name, allow_zero=False):
 
 
 def _add_plan_flags(p: argparse.ArgumentParser):
-    p.add_argument(
-        "--model", default="llama-3.1-8b", help="preset name, HF repo id or config.json"
-    )
+    p.add_argument("--model", default="llama-3.1-8b", help="preset name, HF repo id or config.json")
     p.add_argument("--hardware", default="h100-sxm", help="preset name or TOML file")
     p.add_argument("--tp", type=_positive_int("tp"), default=1, help="tensor parallel degree")
     p.add_argument("--pp", type=_positive_int("pp"), default=1, help="pipeline stages")

@@ -21,15 +21,31 @@ def _run(capsys, argv):
 def test_estimate_json(capsys):
     rc, out, _ = _run(
         capsys,
-        ["estimate", "--model", "meta-llama/Llama-3.1-70B", "--hardware", "h100-sxm", "--tp", "8",
-         "--batch", "16", "--isl", "2048", "--osl", "128", "--json"],
+        [
+            "estimate",
+            "--model",
+            "meta-llama/Llama-3.1-70B",
+            "--hardware",
+            "h100-sxm",
+            "--tp",
+            "8",
+            "--batch",
+            "16",
+            "--isl",
+            "2048",
+            "--osl",
+            "128",
+            "--json",
+        ],
     )
     assert rc == 0
     r = json.loads(out)
     assert r["devices"] == 8 and r["fits"]
     assert 0 < r["tpot_s"] < r["ttft_s"] < r["e2e_latency_s"]
     np.testing.assert_allclose(r["throughput_tok_s"], 16 / r["tpot_s"], rtol=1e-5)
-    np.testing.assert_allclose(r["throughput_tok_s_per_device"], r["throughput_tok_s"] / 8, rtol=1e-6)
+    np.testing.assert_allclose(
+        r["throughput_tok_s_per_device"], r["throughput_tok_s"] / 8, rtol=1e-6
+    )
     # bf16 70B weights over 8 GPUs: 17.64 GB per device (derived in test_stages)
     np.testing.assert_allclose(r["memory_per_device"]["weight_bytes"], 17_638_096_896, rtol=1e-5)
     for phase in ("prefill", "decode"):
@@ -63,8 +79,20 @@ def test_kernels_and_validate_roundtrip(tmp_path, capsys):
     src = tmp_path / "mixed.csv"
     with open(src, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["device", "op", "dtype", "m", "n", "k", "num_devices", "message_bytes",
-                    "implementation", "latency_s"])
+        w.writerow(
+            [
+                "device",
+                "op",
+                "dtype",
+                "m",
+                "n",
+                "k",
+                "num_devices",
+                "message_bytes",
+                "implementation",
+                "latency_s",
+            ]
+        )
         w.writerow(["h100-sxm", "gemm", "bf16", 4096, 4096, 4096, "", "", "", 1.6e-4])
         w.writerow(["b200-sxm", "gemm", "fp8", 1, 8192, 8192, "", "", "", 2.0e-5])
         w.writerow(["h100-sxm", "all_reduce", "fp16", "", "", "", 8, 2**27, "nccl", 6.0e-4])
@@ -82,7 +110,9 @@ def test_kernels_and_validate_roundtrip(tmp_path, capsys):
     assert rc == 0
     groups = json.loads(out_txt)["groups"]
     assert {(g["device"], g["op"]) for g in groups} == {
-        ("h100-sxm", "gemm"), ("b200-sxm", "gemm"), ("h100-sxm", "all_reduce")
+        ("h100-sxm", "gemm"),
+        ("b200-sxm", "gemm"),
+        ("h100-sxm", "all_reduce"),
     }
 
 
@@ -101,10 +131,16 @@ def test_hardware_override(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,bf16,1,2,3,-1e-5\n", "bad.csv:2: latency_s"),
+        (
+            "device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,bf16,1,2,3,-1e-5\n",
+            "bad.csv:2: latency_s",
+        ),
         ("device,op,dtype,m,n,latency_s\nh100-sxm,gemm,bf16,1,2,1e-5\n", "needs column 'k'"),
         ("device,op,dtype,m,n,k\nh100-sxm,gemm,bf16,1,2,3\n", "missing column 'latency_s'"),
-        ("device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,bf16,x,2,3,1e-5\n", "bad.csv:2: column 'm'"),
+        (
+            "device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,bf16,x,2,3,1e-5\n",
+            "bad.csv:2: column 'm'",
+        ),
         ("device,op,dtype,m,n,k,latency_s\nh100-sxm,conv2d,bf16,1,2,3,1e-5\n", "op = 'conv2d'"),
         ("device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,,1,2,3,1e-5\n", "needs 'dtype'"),
         ("", "empty file"),

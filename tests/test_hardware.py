@@ -8,8 +8,18 @@ from diffperf.hardware import PresetError, list_presets, load_hardware
 
 
 EXPECTED = {
-    "h100-sxm", "h800", "h200-sxm", "b200-sxm", "gb200", "a100-sxm", "mi300x", "mi355x",
-    "tpu-v5p", "tpu-v6e", "gaudi3", "xeon-8480",
+    "h100-sxm",
+    "h800",
+    "h200-sxm",
+    "b200-sxm",
+    "gb200",
+    "a100-sxm",
+    "mi300x",
+    "mi355x",
+    "tpu-v5p",
+    "tpu-v6e",
+    "gaudi3",
+    "xeon-8480",
 }
 
 
@@ -73,10 +83,14 @@ def test_user_toml_inherit(tmp_path):
 @pytest.mark.parametrize(
     "body, match",
     [
-        ('inherit = "h100-sxm"\n[memory]\nhbm_bandwidth_gb_per_s = -1.0\n',
-         "memory.hbm_bandwidth_gb_per_s = -1.0"),
-        ('inherit = "h100-sxm"\n[memory]\nhbm_bandwidth_gb_per_s = "fast"\n',
-         "hbm_bandwidth_gb_per_s = 'fast' must be a number"),
+        (
+            'inherit = "h100-sxm"\n[memory]\nhbm_bandwidth_gb_per_s = -1.0\n',
+            "memory.hbm_bandwidth_gb_per_s = -1.0",
+        ),
+        (
+            'inherit = "h100-sxm"\n[memory]\nhbm_bandwidth_gb_per_s = "fast"\n',
+            "hbm_bandwidth_gb_per_s = 'fast' must be a number",
+        ),
         ('inherit = "h100-sxm"\n[memory]\nhbm_bandwith_gb_per_s = 1.0\n', "unknown key"),
         ('inherit = "h100-sxm"\n[memory\n', "malformed TOML"),
         ('inherit = "h100-sxm"\nefficiency_profile = "volta"\n', "efficiency_profile = 'volta'"),
