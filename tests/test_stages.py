@@ -247,3 +247,32 @@ def test_bad_moe_plans(dsv3):
         make_plan(dsv3, tp=8, ep=2, moe_tp=2)  # 2*2 != 8
     with pytest.raises(PlanError, match="dtype"):
         make_plan(dsv3, tp=8, dtype="fp7")
+
+
+def test_two_batch_overlap_and_redundant_experts():
+    # DeepSeek-V3 decode on 144 H800 (EP144, 256 + 32 redundant experts = 2 per GPU).
+    hw = load_hardware("h800")
+    m = load_model("deepseek-v3")
+    kw = dict(dp=144, ep=144, dtype="fp8_block", kv_dtype="fp8", redundant_experts=32)
+    b = decode_batch(144 * 64.0, 4989.0)
+    plain = iteration(hw, m, make_plan(m, **kw), b)
+    tbo_plan = make_plan(m, two_batch_overlap=True, **kw)
+    tbo = iteration(hw, m, tbo_plan, b)
+    # overlap: each half's compute hides the other's communication -> never slower than the
+    # sum, never faster than the larger of compute and communication alone
+    assert float(tbo.latency_s) < float(plain.latency_s)
+    bd = tbo.breakdown
+    compute = bd.attention_s + bd.dense_ffn_s + bd.moe_s + bd.norm_s
+    comm = bd.moe_comm_s + bd.tp_comm_s
+    np.testing.assert_allclose(
+        tbo.latency_s, jnp.maximum(compute, comm) + bd.embed_lm_head_s, rtol=1e-9, atol=1e-12
+    )
+    # 288 expert slots over 144 GPUs: 2 routed experts per device (x 58 MoE layers)
+    per_expert = 3 * 7168 * 2048 * (1 + 4 / 128)  # fp8_block bytes incl. block scales
+    w = memory_usage(hw, m, make_plan(m, **kw), b).weight_bytes
+    w0 = memory_usage(
+        hw, m, make_plan(m, **{**kw, "redundant_experts": 0, "dp": 128, "ep": 128}), b
+    )
+    np.testing.assert_allclose(w - w0.weight_bytes, 58 * per_expert * (2 - 2), atol=1.0)
+    with pytest.raises(PlanError, match="incl. 32 redundant"):
+        make_plan(m, dp=7, ep=7, redundant_experts=32)

@@ -32,6 +32,9 @@ class ParallelPlan(eqx.Module):
     - ``dp``: attention data-parallel replicas per stage.
     - ``ep``: expert-parallel degree of MoE layers.
     - ``moe_tp``: tensor-parallel degree inside each expert.
+    - ``redundant_experts``: extra replicas of hot experts placed by an expert load balancer
+      (DeepSeek EPLB: 32 redundant experts for EP144 decode), so ``ep`` divides
+      ``num_experts + redundant_experts``.
     - ``weight_dtype``: attention/dense weights and GEMMs; ``moe_dtype``: expert weights and
       grouped GEMMs; ``kv_dtype``: KV cache; ``comm_dtype``: activations sent between devices.
     """
@@ -41,10 +44,12 @@ class ParallelPlan(eqx.Module):
     dp: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
     ep: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
     moe_tp: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
+    redundant_experts: FloatScalarLike = eqx.field(converter=as_float_array, default=0.0)
     weight_dtype: str = eqx.field(static=True, default="bf16")
     moe_dtype: str = eqx.field(static=True, default="bf16")
     kv_dtype: str = eqx.field(static=True, default="bf16")
     comm_dtype: str = eqx.field(static=True, default="bf16")
+    two_batch_overlap: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         for field in ("weight_dtype", "moe_dtype", "kv_dtype", "comm_dtype"):
@@ -71,6 +76,8 @@ def make_plan(
     moe_dtype: str | None = None,
     kv_dtype: str | None = None,
     comm_dtype: str = "bf16",
+    two_batch_overlap: bool = False,
+    redundant_experts: int = 0,
 ) -> ParallelPlan:
     """Build a plan with defaults filled in and check it against the model.
 
@@ -99,6 +106,8 @@ def make_plan(
         moe_dtype=md,
         kv_dtype=kd,
         comm_dtype=comm_dtype,
+        two_batch_overlap=two_batch_overlap,
+        redundant_experts=redundant_experts,
     )
     check_plan(model, plan)
     return plan
@@ -142,9 +151,15 @@ def check_plan(model: ModelSpec, plan: ParallelPlan) -> None:
                 f"plan.moe_tp * plan.ep = {moe_tp} * {ep} must equal tp * dp = {tp} * {dp} "
                 f"(MoE layers run on the attention devices)"
             )
-        experts = int(round(float(model.num_experts)))
+        redundant = float(plan.redundant_experts)
+        if redundant < 0 or redundant != round(redundant):
+            raise PlanError(f"plan.redundant_experts = {redundant:g} must be an integer >= 0")
+        experts = int(round(float(model.num_experts))) + int(redundant)
         if experts % ep:
-            raise PlanError(f"plan.ep = {ep} does not divide {model.name}'s {experts} experts")
+            raise PlanError(
+                f"plan.ep = {ep} does not divide {model.name}'s {experts} experts"
+                + (f" (incl. {int(redundant)} redundant)" if redundant else "")
+            )
         width = int(round(float(model.moe_intermediate)))
         if width % moe_tp:
             raise PlanError(

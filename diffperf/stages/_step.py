@@ -15,7 +15,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._dtypes import get_format
-from .._numerics import as_float_array, safe_div
+from .._numerics import as_float_array, safe_div, smooth_max2
 from .._types import FloatScalarLike
 from ..hardware import Hardware
 from ..model._spec import ModelSpec
@@ -256,7 +256,7 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
         group_tokens / plan.ep,
         model.hidden_size,
         model.moe_intermediate,
-        model.num_experts,
+        model.num_experts + plan.redundant_experts,
         model.experts_per_token,
         plan.moe_tp,
         plan.ep,
@@ -276,18 +276,24 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
     shared = _gated(shared, model.num_shared_experts)
     per_rank = group_tokens / (plan.tp * plan.dp)
     comm_dtype = plan.comm_dtype
+    # Dispatch carries the activations in the experts' input precision when the expert GEMMs
+    # quantise them (DeepEP dispatches fp8 for fp8 experts), combine returns bf16.
+    fmt = get_format(plan.moe_dtype)
+    disp_dtype = comm_dtype
+    if not fmt.weight_only and fmt.compute in ("fp8", "fp4"):
+        disp_dtype = "fp8" if fmt.compute == "fp8" else "nvfp4"
     args = (hw, per_rank, model.hidden_size, model.experts_per_token, model.num_experts, plan.ep)
+
+    def a2a_cost(impl):
+        return moe_dispatch_cost(*args, disp_dtype, impl=impl, tau=tau) + moe_combine_cost(
+            *args, comm_dtype, impl=impl, tau=tau
+        )
+
     # Decode-only steps use the low-latency all-to-all kernels (DeepEP LL), steps that carry
     # prefill tokens the high-throughput ones (DeepEP HT), as SGLang/TRT-LLM deployments do.
-    ll = moe_dispatch_cost(*args, comm_dtype, impl="deepep_ll", tau=tau) + moe_combine_cost(
-        *args, comm_dtype, impl="deepep_ll", tau=tau
-    )
-    ht = moe_dispatch_cost(*args, comm_dtype, impl="deepep_ht", tau=tau) + moe_combine_cost(
-        *args, comm_dtype, impl="deepep_ht", tau=tau
-    )
     use_ht = jnp.where(has_prefill > 0, 1.0, 0.0)
-    disp, comb = ht.scale(use_ht), ll.scale(1.0 - use_ht)
-    a2a = _gated(disp + comb, plan.ep - 1.0)
+    a2a = a2a_cost("deepep_ht").scale(use_ht) + a2a_cost("deepep_ll").scale(1.0 - use_ht)
+    a2a = _gated(a2a, plan.ep - 1.0)
     red_bytes = (
         group_tokens / plan.ep * model.hidden_size * get_format(comm_dtype).bytes_per_element
     )
@@ -342,7 +348,8 @@ def memory_usage(hw: Hardware, model: ModelSpec, plan: ParallelPlan, batch: Batc
     weights = layers * attn_params * wb
     weights = weights + dense_layers * model.dense_ffn_param_count() / plan.tp * wb
     if model.has_moe:
-        routed = model.num_experts / plan.ep * model.expert_param_count() / plan.moe_tp * mb_
+        experts = model.num_experts + plan.redundant_experts
+        routed = experts / plan.ep * model.expert_param_count() / plan.moe_tp * mb_
         shared = model.num_shared_experts * model.expert_param_count() / plan.tp * wb
         router = d * model.num_experts * 4.0
         weights = weights + moe_layers * (routed + shared + router)
@@ -389,28 +396,14 @@ def memory_usage(hw: Hardware, model: ModelSpec, plan: ParallelPlan, batch: Batc
 # --------------------------------------------------------------------------------------------
 
 
-def iteration(
-    hw: Hardware,
-    model: ModelSpec,
-    plan: ParallelPlan,
-    batch: BatchShape,
-    tau: float = 0.0,
-) -> StepResult:
-    """Latency, breakdown and memory of one iteration of ``batch`` on one model instance.
-
-    **Arguments:** the hardware, model, parallel plan and the batch processed this iteration
-    (use :func:`decode_batch`, :func:`prefill_batch` or :func:`mixed_batch`); ``tau`` is the
-    smooth-max temperature of every roofline (0 = exact).
-
-    **Returns:** a :class:`StepResult`.
-    """
-    mb = batch.scale(1.0 / plan.pp)  # one pipeline micro-batch
+def _stage_parts(hw, model, plan, mb: BatchShape, tau):
+    """Costs of one pipeline stage for micro-batch ``mb`` on one device:
+    (attention, TP all-reduces, norms, dense FFN, MoE compute, MoE communication, p2p)."""
     m_tok = mb.tokens / plan.dp  # tokens per attention replica
     d = model.hidden_size
     layers = model.num_layers / plan.pp
     dense_layers = model.num_dense_layers / plan.pp
     moe_layers = model.num_moe_layers / plan.pp
-
     if model.attention == "gqa":
         sliding = model.num_sliding_layers / plan.pp
         full = layers - sliding
@@ -433,6 +426,41 @@ def iteration(
     act_bytes = get_format(plan.comm_dtype).bytes_per_element
     p2p = p2p_cost(hw, m_tok * d * act_bytes, 0.0, tau=tau)
     p2p = _gated(p2p, plan.pp - 1.0)
+    return attn, tp_comm_total, norms, dense, moe_compute, moe_comm, p2p
+
+
+def iteration(
+    hw: Hardware,
+    model: ModelSpec,
+    plan: ParallelPlan,
+    batch: BatchShape,
+    tau: float = 0.0,
+) -> StepResult:
+    """Latency, breakdown and memory of one iteration of ``batch`` on one model instance.
+
+    **Arguments:** the hardware, model, parallel plan and the batch processed this iteration
+    (use :func:`decode_batch`, :func:`prefill_batch` or :func:`mixed_batch`); ``tau`` is the
+    smooth-max temperature of every roofline (0 = exact).
+
+    **Returns:** a :class:`StepResult`.
+    """
+    mb = batch.scale(1.0 / plan.pp)  # one pipeline micro-batch
+    d = model.hidden_size
+    if plan.two_batch_overlap:
+        # Two-batch overlap (SGLang TBO / DeepSeek's dual micro-batch): the micro-batch is split
+        # in two halves whose compute hides the other's communication, so per stage
+        # t = 2 * max(compute(half), comm(half)) instead of compute + comm.
+        parts = _stage_parts(hw, model, plan, mb.scale(0.5), tau)
+        twice = lambda c: c.scale(2.0)
+        attn, tp_comm_total, norms, dense, moe_compute, moe_comm, p2p = map(twice, parts)
+        compute = attn + norms + dense + moe_compute
+        comm = tp_comm_total + moe_comm
+        stage_time_s = smooth_max2(compute.time_s, comm.time_s, tau)
+    else:
+        attn, tp_comm_total, norms, dense, moe_compute, moe_comm, p2p = _stage_parts(
+            hw, model, plan, mb, tau
+        )
+        stage_time_s = (attn + tp_comm_total + norms + dense + moe_compute + moe_comm).time_s
 
     # embedding on the first stage, LM head on the last: once per iteration, whole batch
     m_all = batch.tokens / plan.dp
@@ -443,7 +471,7 @@ def iteration(
     head = emb + lm + gather
 
     stage = attn + tp_comm_total + norms + dense + moe_compute + moe_comm
-    latency = plan.pp * (stage.time_s + p2p.time_s) + head.time_s
+    latency = plan.pp * (stage_time_s + p2p.time_s) + head.time_s
     pp_ = plan.pp
     bd = Breakdown(
         attention_s=pp_ * attn.time_s,
