@@ -36,7 +36,11 @@ class ParallelPlan(eqx.Module):
       (DeepSeek EPLB: 32 redundant experts for EP144 decode), so ``ep`` divides
       ``num_experts + redundant_experts``.
     - ``weight_dtype``: attention/dense weights and GEMMs; ``moe_dtype``: expert weights and
-      grouped GEMMs; ``kv_dtype``: KV cache; ``comm_dtype``: activations sent between devices.
+      grouped GEMMs; ``kv_dtype``: KV cache; ``comm_dtype``: activations sent between devices;
+      ``attention_dtype``: precision of the attention math (``"fp8"`` for FP8 FlashAttention /
+      FMHA kernels over an fp8 KV cache).
+    - ``two_batch_overlap`` (static): split each step into two micro-batches so that one's
+      communication overlaps the other's compute (DeepSeek's dual micro-batch, SGLang TBO).
     """
 
     tp: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
@@ -49,10 +53,11 @@ class ParallelPlan(eqx.Module):
     moe_dtype: str = eqx.field(static=True, default="bf16")
     kv_dtype: str = eqx.field(static=True, default="bf16")
     comm_dtype: str = eqx.field(static=True, default="bf16")
+    attention_dtype: str = eqx.field(static=True, default="bf16")
     two_batch_overlap: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        for field in ("weight_dtype", "moe_dtype", "kv_dtype", "comm_dtype"):
+        for field in ("weight_dtype", "moe_dtype", "kv_dtype", "comm_dtype", "attention_dtype"):
             try:
                 get_format(getattr(self, field), field)
             except ValueError as e:
@@ -78,6 +83,7 @@ def make_plan(
     comm_dtype: str = "bf16",
     two_batch_overlap: bool = False,
     redundant_experts: int = 0,
+    attention_dtype: str = "bf16",
 ) -> ParallelPlan:
     """Build a plan with defaults filled in and check it against the model.
 
@@ -108,6 +114,7 @@ def make_plan(
         comm_dtype=comm_dtype,
         two_batch_overlap=two_batch_overlap,
         redundant_experts=redundant_experts,
+        attention_dtype=attention_dtype,
     )
     check_plan(model, plan)
     return plan

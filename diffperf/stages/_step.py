@@ -171,7 +171,7 @@ def _gqa_attention(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> OpCos
         hq,
         hkv,
         hd,
-        "bf16",
+        plan.attention_dtype,
         plan.kv_dtype,
         window=window,
         tau=tau,
@@ -183,7 +183,7 @@ def _gqa_attention(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> OpCos
         hq,
         hkv,
         hd,
-        "bf16",
+        plan.attention_dtype,
         plan.kv_dtype,
         prefix_len=mb.prefill_prefix_tokens,
         window=window,
@@ -210,6 +210,7 @@ def _mla_attention(hw, model, plan, mb: BatchShape, tau) -> OpCost:
         "decode",
         gemm_dtype=plan.weight_dtype,
         kv_dtype=plan.kv_dtype,
+        dtype=plan.attention_dtype,
         tau=tau,
     )
     pre = mla_module_cost(
@@ -222,6 +223,7 @@ def _mla_attention(hw, model, plan, mb: BatchShape, tau) -> OpCost:
         "prefill",
         gemm_dtype=plan.weight_dtype,
         kv_dtype=plan.kv_dtype,
+        dtype=plan.attention_dtype,
         tau=tau,
     )
     return _gated(dec, mb.decode_seqs) + _gated(pre, mb.prefill_seqs)
@@ -247,13 +249,15 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
 
     The group of ``tp * dp`` devices sees ``m_tok * dp`` distinct tokens; each EP rank routes
     ``1/(tp*dp)`` of them (dispatch), computes ``tokens/ep`` tokens' worth of routed work for
-    its ``E/ep`` experts (``moe_layer_cost`` semantics: tokens per rank before routing) and
+    its ``E/ep`` experts (``moe_layer_cost`` semantics: the ``T`` tokens entering the layer,
+    of whose ``T·k`` assignments a rank holding ``E/ep`` experts computes ``T·k/ep``; after
+    the dispatch every rank sees all ``group_tokens``' assignments to its experts) and
     combines them back; expert-TP shards reduce over ``moe_tp``.
     """
     group_tokens = m_tok * plan.dp
     routed = moe_layer_cost(
         hw,
-        group_tokens / plan.ep,
+        group_tokens,
         model.hidden_size,
         model.moe_intermediate,
         model.num_experts + plan.redundant_experts,
