@@ -30,6 +30,7 @@ def _hw_clean():
         small_group_loss=0.0,
         saturation_bytes=0.0,
         saturation_exponent=0.5,
+        scaleout_saturation_bytes=0.0,
         allreduce_bw_factor=1.0,
         alltoall_bw_factor=1.0,
         nvls_bw_eff=0.0,

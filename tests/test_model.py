@@ -38,7 +38,7 @@ def test_every_preset_loads(name):
 def test_every_shipped_file_is_indexed():
     stems = {p.stem for p in model_configs_dir().glob("*.json")}
     indexed = {load_model(n).name for n in list_models()}
-    assert len(stems) == len(list_models()) == len(indexed) == 12
+    assert len(stems) == len(list_models()) == len(indexed) == 13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,3 +311,22 @@ def test_missing_required_field():
     cfg = {k: v for k, v in _TINY_QWEN3_MOE.items() if k != "vocab_size"}
     with pytest.raises(ValueError, match="required field 'vocab_size' is missing"):
         from_hf_config(cfg)
+
+
+def test_step3_mfa_as_gqa():
+    # Step-3 (stepfun-ai/step3 model card, arXiv:2507.19427): 61 layers, 5 dense, 48 experts
+    # top-3 + 1 shared, MFA with one 256-dim KV head. Mapped to GQA with num_kv_heads = 1, so
+    # the KV cache is 2 x 256 values per token per layer (exact) and the total is the
+    # published 316B plus the full-rank Q projection: 61 x (7168 x 16384 - (7168 x 2048 +
+    # 2048 x 16384)) = 61 x 69.2M = 4.22B -> ~320.5B.
+    spec = load_model("stepfun-ai/step3")
+    assert spec.attention == "gqa" and spec.has_moe
+    assert _f(spec.num_kv_heads) == 1 and _f(spec.head_dim) == 256
+    assert _f(spec.num_moe_layers) == 56 and _f(spec.num_dense_layers) == 5
+    assert _f(spec.num_experts) == 48 and _f(spec.experts_per_token) == 3
+    assert _f(spec.num_shared_experts) == 1
+    assert _f(spec.kv_elems_per_token_per_layer()) == 512
+    low_rank_q = 7168 * 2048 + 2048 * 16384
+    assert _f(spec.param_count()) == pytest.approx(
+        316e9 + 61 * (7168 * 16384 - low_rank_q), rel=0.01
+    )

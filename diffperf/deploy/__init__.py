@@ -1,5 +1,12 @@
 """L3: workloads, SLOs, serving schemes and their metrics."""
 
+from ._afd import AFD as AFD, afd_pipeline_time_s as afd_pipeline_time_s
+from ._aggregated import Aggregated as Aggregated
+from ._disaggregated import (
+    Disaggregated as Disaggregated,
+    kv_transfer_bytes as kv_transfer_bytes,
+    layerwise_overlap_s as layerwise_overlap_s,
+)
 from ._metrics import (
     METRIC_KEYS as METRIC_KEYS,
     Metrics as Metrics,
@@ -17,6 +24,11 @@ from ._scheme import (
     AbstractServingScheme as AbstractServingScheme,
     evaluate as evaluate,
     finish_metrics as finish_metrics,
+)
+from ._served_runs import (
+    ServedRunsError as ServedRunsError,
+    predict_served_runs as predict_served_runs,
+    read_served_csv as read_served_csv,
 )
 from ._workload import (
     SLO as SLO,

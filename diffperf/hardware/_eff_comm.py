@@ -26,6 +26,8 @@ class CommEfficiency(eqx.Module):
     - ``saturation_bytes``: per-rank shard size at which the transfer time is doubled
       (``eff(s) = eff/(1 + (saturation_bytes/s)^saturation_exponent)``).
     - ``saturation_exponent``: steepness of that saturation (1/2 = optimal-chunk pipeline).
+    - ``scaleout_saturation_bytes``: ``saturation_bytes`` of the NIC tier (RDMA transfers
+      issued by many QPs/warps at once pipeline differently from NVLink copies).
     - ``allreduce_bw_factor``: ring all-reduce bandwidth relative to all-gather (> 1: NCCL
       overlaps its reduce-scatter and all-gather halves).
     - ``alltoall_bw_factor``: all-to-all bandwidth relative to all-gather.
@@ -51,6 +53,7 @@ class CommEfficiency(eqx.Module):
     small_group_loss: FloatScalarLike = eqx.field(converter=as_float_array)
     saturation_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     saturation_exponent: FloatScalarLike = eqx.field(converter=as_float_array)
+    scaleout_saturation_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     allreduce_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
     alltoall_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
     nvls_bw_eff: FloatScalarLike = eqx.field(converter=as_float_array)

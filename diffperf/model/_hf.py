@@ -18,6 +18,13 @@ and modeling code are the reference for each rule):
   when ``i >= first_k_dense_replace`` and ``i % moe_layer_freq == 0`` (DeepseekV3DecoderLayer);
   ``n_shared_experts`` shared experts of width ``moe_intermediate_size``; the MTP module
   (``num_nextn_predict_layers``) is not part of the served model and is not counted.
+- ``step3_text`` (StepFun Step-3's language model): MFA attention mapped to the GQA path with
+  ``num_attention_groups`` (1) KV heads of ``head_dim`` (256); the low-rank query
+  (``share_q_dim`` 2048) is not represented, so the Q projection is counted as a full
+  ``hidden x heads·head_dim`` GEMM (+69M parameters per layer, ~+4B total, ~+11% active).
+  Layer ``i`` is MoE when it is in ``moe_layers_enum`` (``moe_num_experts`` experts of width
+  ``moe_intermediate_size``, top ``moe_top_k``, ``share_expert_dim / moe_intermediate_size``
+  shared experts); other layers are dense with width ``intermediate_size``.
 - ``deepseek_v32``: as ``deepseek_v3`` with DSA (``index_topk``, ``index_n_heads``,
   ``index_head_dim``); a ``deepseek_v3`` config that carries ``index_topk`` is treated the same.
 
@@ -37,7 +44,7 @@ from ._spec import ModelSpec
 
 _DENSE = ("llama", "mistral", "qwen2", "qwen3")
 _DEEPSEEK = ("deepseek_v3", "deepseek_v32", "kimi_k2")
-SUPPORTED_MODEL_TYPES = (*_DENSE, "mixtral", "qwen3_moe", "gpt_oss", *_DEEPSEEK)
+SUPPORTED_MODEL_TYPES = (*_DENSE, "mixtral", "qwen3_moe", "gpt_oss", "step3_text", *_DEEPSEEK)
 
 _TORCH_DTYPES = {
     "bfloat16": "bf16",
@@ -158,6 +165,8 @@ def from_hf_config(cfg: dict | str | os.PathLike, name: str | None = None) -> Mo
     heads = r.req("num_attention_heads")
     vocab = r.req("vocab_size")
     kv_heads = r.opt("num_key_value_heads", heads, allow_zero=False)
+    if model_type == "step3_text":  # MFA: one shared KV head per attention group
+        kv_heads = r.opt("num_attention_groups", 1, allow_zero=False)
     if heads % kv_heads:
         raise ValueError(
             f"{label}: num_attention_heads={heads} is not a multiple of "
@@ -225,6 +234,32 @@ def from_hf_config(cfg: dict | str | os.PathLike, name: str | None = None) -> Mo
             num_experts=n_exp,
             experts_per_token=r.req("num_experts_per_tok") if n_moe else 0,
             moe_intermediate=r.req("moe_intermediate_size") if n_moe else 0,
+            **common,
+        )
+
+    if model_type == "step3_text":
+        enum = data.get("moe_layers_enum")
+        if isinstance(enum, str):
+            enum = [int(x) for x in enum.split(",") if x.strip()]
+        if not isinstance(enum, list):
+            raise ValueError(f"{label}: moe_layers_enum={enum!r} must be a list of layer ids")
+        n_moe = sum(1 for i in range(layers) if i in set(enum))
+        width = r.req("moe_intermediate_size")
+        shared = r.opt("share_expert_dim", 0)
+        if shared % width:
+            raise ValueError(
+                f"{label}: share_expert_dim={shared} is not a multiple of "
+                f"moe_intermediate_size={width}"
+            )
+        return ModelSpec(
+            attention="gqa",
+            has_moe=n_moe > 0,
+            num_dense_layers=layers - n_moe,
+            ffn_intermediate=r.req("intermediate_size"),
+            num_experts=r.req("moe_num_experts"),
+            experts_per_token=r.req("moe_top_k"),
+            moe_intermediate=width,
+            num_shared_experts=shared // width,
             **common,
         )
 

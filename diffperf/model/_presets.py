@@ -68,6 +68,11 @@ _PRESETS: dict[str, tuple[str, ...]] = {
         "deepseek-v3.2-exp",
         "deepseek-ai/DeepSeek-V3.2",
     ),
+    "stepfun-ai--step3": (
+        "step3",
+        "step-3",
+        "stepfun-ai/step3-fp8",
+    ),
     "moonshotai--Kimi-K2-Instruct": (
         "kimi-k2",
         "kimi-k2-instruct",

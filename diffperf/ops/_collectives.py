@@ -10,6 +10,7 @@ Model (alpha-beta per tier, Hockney; Thakur et al. 2005 for the ring volumes):
   ``t = k·α + V/(bw·η(g)) · (1 + (s_sat/s)^p)``, ``η(g) = η·(1 - loss/g)``; the bracket is a
   bandwidth efficiency that saturates with the shard size (``p = 1/2`` is the optimal-chunk
   pipeline ``(√(kα) + √T)²`` with its cross term), so small messages are latency bound.
+  The NIC tier has its own ``s_sat`` (``scaleout_saturation_bytes``).
   ``α`` = fabric latency × ``*_latency_factor``.
 - Groups larger than the scale-up domain ``d`` are hierarchical: ``g = min(n, d)`` ranks per
   domain (smooth min at ``tau > 0``), ``m = n/g`` domains; the inter-domain part runs on the
@@ -76,11 +77,16 @@ def _split(hw: Hardware, n, tau: float):
     return n, g, m
 
 
-def _transfer_s(hw: Hardware, volume_bytes, shard_bytes, bw, eff):
-    """``V/(bw·eff) · (1 + (s_sat/s)^p)``: bandwidth time with size-saturating efficiency."""
+def _transfer_s(hw: Hardware, volume_bytes, shard_bytes, bw, eff, scaleout: bool = False):
+    """``V/(bw·eff) · (1 + (s_sat/s)^p)``: bandwidth time with size-saturating efficiency.
+
+    ``s_sat`` is ``scaleout_saturation_bytes`` on the NIC tier (``scaleout=True``), else
+    ``saturation_bytes``.
+    """
     e = hw.accel.eff.comm
     t = safe_div(volume_bytes, bw * eff)
-    sat = _pow_pos(safe_div(e.saturation_bytes, shard_bytes), e.saturation_exponent)
+    s_sat = e.scaleout_saturation_bytes if scaleout else e.saturation_bytes
+    sat = _pow_pos(safe_div(s_sat, shard_bytes), e.saturation_exponent)
     return t * (1.0 + sat)
 
 
@@ -105,7 +111,9 @@ def _out_bw(hw: Hardware):
 
 def _ring_out_s(hw: Hardware, volume_bytes, steps, shard_bytes):
     """Inter-domain ring part on the NIC tier (bandwidth already includes efficiency)."""
-    return steps * _alpha_out(hw) + _transfer_s(hw, volume_bytes, shard_bytes, _out_bw(hw), 1.0)
+    return steps * _alpha_out(hw) + _transfer_s(
+        hw, volume_bytes, shard_bytes, _out_bw(hw), 1.0, scaleout=True
+    )
 
 
 def _ring_up_s(hw: Hardware, volume_bytes, steps, shard_bytes, g, factor=1.0):
@@ -217,7 +225,7 @@ def all_to_all_cost(
         hw.fabric.scaleup_bw_bytes_per_s,
         _up_eff(hw, g) * e.alltoall_bw_factor,
     )
-    out = _transfer_s(hw, (n - g) * shard, shard, _out_bw(hw), 1.0)
+    out = _transfer_s(hw, (n - g) * shard, shard, _out_bw(hw), 1.0, scaleout=True)
     lat = _log2_pos(g) * _alpha_up(hw) + _log2_pos(m) * _alpha_out(hw)
     t = e.base_latency_s + lat + smooth_max2(up, out, tau)
     return _comm_cost(_active(n) * t)
@@ -234,7 +242,7 @@ def p2p_cost(hw: Hardware, message_bytes, cross_domain=0.0, tau: float = 0.0) ->
     S = _f(message_bytes)
     x = jnp.clip(_f(cross_domain), 0.0, 1.0)
     up = _alpha_up(hw) + _transfer_s(hw, S, S, hw.fabric.scaleup_bw_bytes_per_s, _up_eff(hw, 2.0))
-    out = _alpha_out(hw) + _transfer_s(hw, S, S, _out_bw(hw), 1.0)
+    out = _alpha_out(hw) + _transfer_s(hw, S, S, _out_bw(hw), 1.0, scaleout=True)
     t = e.base_latency_s + (1.0 - x) * up + x * out
     return _comm_cost(jnp.where(S > 0, t, 0.0))
 
@@ -310,7 +318,7 @@ def _moe_a2a(
     up_bytes = T * up_copies * tok_bytes
     out_bytes = T * out_copies * tok_bytes
     up = _transfer_s(hw, up_bytes, tok_bytes * T, hw.fabric.scaleup_bw_bytes_per_s, eff)
-    out = _transfer_s(hw, out_bytes, tok_bytes * T, _out_bw(hw), 1.0)
+    out = _transfer_s(hw, out_bytes, tok_bytes * T, _out_bw(hw), 1.0, scaleout=True)
     t = lat + 2.0 * _active(m) * _alpha_out(hw) + T * remote * per_copy + smooth_max2(up, out, tau)
     return _comm_cost(_active(ep_) * t)
 

@@ -1,0 +1,302 @@
+"""Aggregated serving: continuous batching with chunked prefill on identical model replicas.
+
+Steady-state fluid model of one instance (TensorRT-LLM / vLLM / SGLang in-flight batching):
+every iteration runs one decode token for each running sequence plus up to the remaining
+token budget of prefill chunks. Notation (per instance; ``C = max_num_tokens · dp`` is the
+instance's token budget per iteration):
+
+- ``B = min(N_inst, max_batch)`` running sequences (closed loop, ``N_inst = N / instances``);
+  open loop: request rate ``X = λ / instances``.
+- ``T`` mean iteration time (the unknown of a fixed point), ``X`` requests/s,
+  ``D = X (OSL-1) T`` decoding sequences, ``P = X · ISL_eff · T`` prefill tokens per iteration
+  on average (``ISL_eff = ISL (1 - prefix_hit)``; cached tokens are attended to and held in
+  KV but not recomputed).
+- Prefill arrives in clumps: an iteration that carries prefill carries
+  ``P_h = min(ISL_eff + P, C - D)`` tokens (the prompt plus those that arrived during one
+  iteration; closed-loop clients desynchronise in practice, so the same form is used). A
+  fraction ``φ = P / P_h`` of iterations is mixed, the rest decode-only, so
+  ``T = (1-φ) T_dec + φ T_mix`` with ``T_dec = iteration(decode D)`` and
+  ``T_mix = iteration(decode D + P_h prefill)``. This is where the decode slowdown caused by
+  mixed prefill chunks comes from (e.g. Llama-3.1-8B, H100, TP1, 64 clients, ISL 2048 /
+  OSL 128: ``T`` ≈ 2.6× the pure decode step).
+- Each iteration time is ``max(GPU time, host time)`` with the engine's host (scheduler,
+  sampling, response) work ``host_overhead_s + host_overhead_s_per_seq · sequences`` overlapped
+  with the GPU (TensorRT-LLM's overlap scheduler).
+- Closed loop: ``X = B / R_eng``, ``R_eng = TTFT_eng + (OSL-1) T``; clients beyond the
+  engine's ``max_batch`` wait ``(N_inst - max_batch)⁺ / X`` (Little's law), so
+  ``X · (TTFT + (OSL-1) TPOT) = N_inst``.
+- ``TTFT_eng`` = residual of the iteration in flight ``E[T²]/(2 E[T])`` + queueing for prefill
+  capacity (M/G/1 at ``ρ = P / (C - D)``, Sakasegawa/P-K; open loop only — a closed loop
+  cannot overfill its budget in steady state) + ``max(1, ISL_eff/(C-D))`` mixed iterations
+  carrying the prompt. Measured TTFT adds ``request_overhead_s`` (the server frontend:
+  HTTP, tokenisation, admission, first streamed chunk) and ``output_lag_iterations``
+  decode iterations (the overlap scheduler emits a token one iteration after computing it).
+- ``TPOT`` = ``T``; its percentile treats the mixed iterations a request sees during its
+  ``OSL-1`` steps as binomial(``OSL-1``, ``φ``) and uses a normal approximation
+  ``T + z_q (T_mix - T_dec) sqrt(φ(1-φ)/(OSL-1))``. TTFT percentiles: the exponential-tail
+  queue quantile plus the prompt's prefill scaled by ``1 + z_q · isl_cv`` (normal ISL).
+- Open loop utilisation ``ρ = max(P/(C-D), D/max_batch)``; ``ρ ≥ 1`` is reported infeasible
+  (rate) while the times use the capped utilisation, so they stay finite.
+- Memory: weights + the KV of ``B`` sequences at the mean context ``ISL + OSL/2`` + the
+  activations of a full mixed iteration; ``memory_margin_frac = margin / capacity``.
+
+Benchmark-harness terms (defaults 0 = pure steady state; :func:`predict_served_runs` sets them):
+``cold_start_frac`` is the fraction of measured requests sent in the initial burst, when all
+clients arrive at once (a harness sending ``G · N`` requests has ``1/G``); their mean TTFT is
+``(n_b + 1)/2`` burst iterations, ``n_b = max(1, B ISL_eff / C)`` (as in ``estimate``).
+``client_queue_requests`` counts requests the load generator holds issued but not yet
+admitted (their TTFT clock runs from issue), adding ``client_queue_requests / X`` to TTFT.
+"""
+
+import statistics
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._numerics import as_float_array, relu_smooth, safe_div, safe_sqrt, smooth_max2, smooth_min2
+from .._types import FloatScalarLike
+from ..hardware import Hardware
+from ..model import ModelSpec
+from ..stages import ParallelPlan, iteration, memory_usage, mixed_batch
+from ._metrics import Metrics
+from ._queueing import RHO_MAX, mean_wait_s, wait_quantile_s
+from ._scheme import AbstractServingScheme, finish_metrics
+from ._workload import Workload
+
+
+# Host work per iteration of TensorRT-LLM's PyTorch backend (1.0): fitted to the TP8 rows of
+# shared/data/e2e/served_h100_llama31_8b.csv, where the GPU step is short and the measured
+# TPOT grows by ≈ 37 µs per running sequence (4.3 ms GPU vs 6.6 ms measured at 64 sequences,
+# 5.4 vs 10.2 ms at 128). The fixed part is the scheduler/launch floor of an iteration.
+HOST_OVERHEAD_S = 0.5e-3
+HOST_OVERHEAD_S_PER_SEQ = 37e-6
+# Per-request frontend time on the TTFT path (HTTP, tokenisation, admission, first streamed
+# chunk) of trtllm-serve: the low-concurrency rows of served_h100_llama31_8b.csv measure TTFT
+# ≈ 30 ms above the engine's prefill + one iteration at every TP (median over the rows with
+# ≤ 16 clients: 28.5 ms).
+REQUEST_OVERHEAD_S = 0.03
+FIXED_POINT_ITERATIONS = 40
+FIXED_POINT_DAMPING = 0.6
+
+
+def _z(q: float | None) -> float:
+    return 0.0 if q is None else statistics.NormalDist().inv_cdf(q)
+
+
+class Aggregated(AbstractServingScheme):
+    """Continuous batching with chunked prefill on ``instances`` replicas of ``plan``.
+
+    Fields (float leaves): ``plan``; ``instances`` (model replicas); ``max_batch`` (the
+    engine's max running sequences per instance); ``max_num_tokens`` (token budget per
+    iteration per attention replica = the prefill chunk, TensorRT-LLM default 8192);
+    ``host_overhead_s`` / ``host_overhead_s_per_seq`` (engine host time per iteration,
+    overlapped with the GPU); ``cold_start_frac`` / ``client_queue_requests`` (benchmark
+    harness terms, 0 = steady state). The model is described in the module docstring.
+    """
+
+    plan: ParallelPlan
+    instances: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
+    max_batch: FloatScalarLike = eqx.field(converter=as_float_array, default=256.0)
+    max_num_tokens: FloatScalarLike = eqx.field(converter=as_float_array, default=8192.0)
+    host_overhead_s: FloatScalarLike = eqx.field(converter=as_float_array, default=HOST_OVERHEAD_S)
+    host_overhead_s_per_seq: FloatScalarLike = eqx.field(
+        converter=as_float_array, default=HOST_OVERHEAD_S_PER_SEQ
+    )
+    request_overhead_s: FloatScalarLike = eqx.field(
+        converter=as_float_array, default=REQUEST_OVERHEAD_S
+    )
+    output_lag_iterations: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
+    cold_start_frac: FloatScalarLike = eqx.field(converter=as_float_array, default=0.0)
+    client_queue_requests: FloatScalarLike = eqx.field(converter=as_float_array, default=0.0)
+
+    def devices(self):
+        return self.instances * self.plan.devices
+
+    def metrics(
+        self, hw: Hardware, model: ModelSpec, workload: Workload, tau: float = 0.0
+    ) -> Metrics:
+        """Steady-state serving metrics (see the module docstring for the equations)."""
+        plan = self.plan
+        w = workload
+        q = w.slo.quantile
+        z = _z(q)
+        isl, osl = w.isl_tokens, w.osl_tokens
+        hit = w.prefix_hit_rate
+        isl_eff = jnp.maximum(isl * (1.0 - hit), 1.0)
+        cached = isl * hit
+        ctx = isl + 0.5 * osl  # mean context of a decoding sequence
+        dec_steps = jnp.maximum(osl - 1.0, 0.0)
+        budget = jnp.maximum(self.max_num_tokens * plan.dp, 1.0)
+        max_batch = jnp.maximum(self.max_batch, 1.0)
+        closed = w.load_mode == "closed"
+        inst = jnp.maximum(self.instances, 1e-9)
+        rate_inst = jnp.zeros(())
+        if closed:
+            n_inst = w.concurrency / inst
+            running = smooth_min2(n_inst, max_batch, tau)
+        else:
+            n_inst = running = max_batch
+            rate_inst = w.arrival_rate_per_s / inst
+
+        def host(seqs):
+            return self.host_overhead_s + self.host_overhead_s_per_seq * seqs
+
+        # initial burst (cold start): all clients' prompts at once, C tokens per iteration
+        burst_seqs = running
+        burst_tokens = burst_seqs * isl_eff
+        n_b = jnp.maximum(safe_div(burst_tokens, budget), 1.0)
+        p_b = smooth_min2(burst_tokens, budget, tau)
+        chunk_b = smooth_min2(isl_eff, p_b, tau)
+
+        def steps(decode, p_h, chunk, prefix):
+            """[decode-only, mixed, burst] iterations in one vmapped call (one compiled
+            copy of the step model): max(GPU time, overlapped host time) each."""
+            zero = jnp.zeros(())
+            batch = mixed_batch(
+                jnp.stack([decode, decode, 0.5 * burst_seqs]),
+                jnp.stack([ctx, ctx, isl]),
+                jnp.stack([zero, p_h, p_b]),
+                jnp.stack([jnp.ones(()), chunk, chunk_b]),
+                jnp.stack([zero, prefix, cached]),
+            )
+            res = jax.vmap(lambda bt: iteration(hw, model, plan, bt, tau))(batch)
+            seqs = batch.decode_seqs + batch.prefill_seqs
+            lat = smooth_max2(res.latency_s, host(seqs), tau)
+            dec_step = jax.tree_util.tree_map(lambda leaf: leaf[0], res)
+            return lat[0], lat[1], lat[2], dec_step
+
+        def state(v):
+            """Iteration mix and TTFT pieces for mean iteration time ``t`` and rate ``x``."""
+            t, x = v[0], v[1]
+            decode = jnp.minimum(x * dec_steps * t, max_batch)
+            # decode tokens take the budget first; keep >= 5% of it for prefill chunks
+            avail = jnp.maximum(budget - decode, 0.05 * budget)
+            p_mean = x * isl_eff * t
+            # the iteration carrying a prompt: it plus the prompts that arrived during one
+            # iteration (on average P), at most the budget left by the decode tokens
+            p_h = smooth_min2(isl_eff + p_mean, avail, tau)
+            chunk = smooth_min2(isl_eff, p_h, tau)
+            prefix = cached + 0.5 * relu_smooth(isl_eff - chunk, 0.0)
+            t_dec, t_mix, t_b, dec_step = steps(decode, p_h, chunk, prefix)
+            phi = jnp.minimum(safe_div(p_mean, p_h), 1.0)
+            t_mean = t_dec + phi * (t_mix - t_dec)
+            e_t2 = (1.0 - phi) * t_dec**2 + phi * t_mix**2
+            residual = safe_div(e_t2, 2.0 * t_mean)
+            n_chunks = jnp.maximum(safe_div(isl_eff, avail), 1.0)
+            prefill = n_chunks * t_mix
+            rho_p = safe_div(p_mean, avail)
+            # frontend + the iteration by which the overlapped host emits a token late
+            fixed = self.request_overhead_s + self.output_lag_iterations * t_dec
+            if closed:
+                wait = wait_q = jnp.zeros(())
+            else:
+                service = safe_div(isl_eff, avail) * t_mix
+                wait = mean_wait_s(rho_p, service, 1.0, 1.0, w.isl_cv**2)
+                wait_q = wait_quantile_s(wait, rho_p, 1.0, q)
+            if closed:  # Little's law over the admitted clients: B = X (TTFT + (OSL-1) T)
+                r = fixed + residual + prefill + wait + dec_steps * t_mean
+                x_new = safe_div(running, r)
+            else:
+                x_new = rate_inst
+            return dict(
+                v=jnp.stack([t_mean, x_new]),
+                x=x_new,
+                decode=decode,
+                p_h=p_h,
+                t_dec=t_dec,
+                t_mix=t_mix,
+                t_b=t_b,
+                phi=phi,
+                t_mean=t_mean,
+                residual=residual,
+                prefill=prefill,
+                wait=wait,
+                wait_q=wait_q,
+                rho_p=rho_p,
+                fixed=fixed,
+                decode_step=dec_step,
+            )
+
+        # Damped fixed-point iteration v <- (1-d) v + d f(v) (as _queueing.fixed_point), the
+        # state of the last evaluation carried along so the step model is traced once.
+        t0 = jnp.asarray(0.02)
+        x0 = safe_div(running, (dec_steps + 2.0) * t0) if closed else rate_inst
+        v0 = jnp.stack([t0, x0])
+        s0 = jax.tree_util.tree_map(
+            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(state, v0)
+        )
+
+        def body(_, carry):
+            v, s_last, _ = carry
+            s_new = state(v)
+            v_new = (1.0 - FIXED_POINT_DAMPING) * v + FIXED_POINT_DAMPING * s_new["v"]
+            return v_new, s_new, s_last
+
+        # The step model is piecewise (tile/wave quantisation), so the map can straddle a
+        # jump in a 2-cycle (≈1% wide); the mean of the last two states is reported.
+        _, s_a, s_b = jax.lax.fori_loop(0, FIXED_POINT_ITERATIONS, body, (v0, s0, s0))
+        s = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), s_a, s_b)
+        x = s["x"]
+        tpot = s["t_mean"]
+        fixed, residual, prefill, wait, wait_q, rho_p = (
+            s["fixed"],
+            s["residual"],
+            s["prefill"],
+            s["wait"],
+            s["wait_q"],
+            s["rho_p"],
+        )
+
+        if closed:
+            # clients beyond the engine's max batch queue for a slot (Little's law)
+            slot_wait = safe_div(relu_smooth(n_inst - max_batch, 0.0), x)
+            utilisation = rho_p
+        else:
+            slot_wait = jnp.zeros(())
+            utilisation = jnp.maximum(rho_p, safe_div(x * dec_steps * tpot, max_batch))
+        client_wait = safe_div(self.client_queue_requests, x)
+        ttft_ss = fixed + residual + prefill + wait + slot_wait + client_wait
+        prefill_pct = prefill * (1.0 + z * w.isl_cv)
+        ttft_ss_pct = fixed + residual + prefill_pct + wait_q + slot_wait + client_wait
+
+        ttft_cold = self.request_overhead_s + 0.5 * (n_b + 1.0) * s["t_b"]
+        f = self.cold_start_frac
+        ttft = (1.0 - f) * ttft_ss + f * ttft_cold
+        ttft_pct = (1.0 - f) * ttft_ss_pct + f * ttft_cold * (1.0 + z * w.isl_cv)
+
+        spread = (s["t_mix"] - s["t_dec"]) * safe_sqrt(
+            s["phi"] * (1.0 - s["phi"]) * safe_div(1.0, dec_steps)
+        )
+        tpot_pct = jnp.maximum(tpot + z * spread, s["t_dec"])
+
+        # throughput: closed loop X = N / R (Little's law over the reported request latency,
+        # so X (TTFT + (OSL-1) TPOT) = N holds exactly; the harness terms do not feed back into
+        # the engine state), open loop the carried rate (capped once saturated)
+        if closed:
+            r_total = ttft_ss + dec_steps * tpot
+            x_inst = safe_div(n_inst, r_total)
+        else:
+            x_inst = jnp.where(utilisation < RHO_MAX, x, x * safe_div(RHO_MAX, utilisation))
+        throughput = x_inst * osl * inst
+
+        mem = memory_usage(
+            hw,
+            model,
+            plan,
+            mixed_batch(running, ctx, s["p_h"], smooth_min2(isl_eff, s["p_h"], tau), cached),
+        )
+        margin_frac = safe_div(mem.margin_bytes, mem.capacity_bytes)
+        return finish_metrics(
+            workload=w,
+            ttft_s=ttft,
+            ttft_pct_s=ttft_pct,
+            tpot_s=tpot,
+            tpot_pct_s=tpot_pct,
+            throughput_tok_s=throughput,
+            devices=self.devices(),
+            utilisation=utilisation,
+            memory_margin_frac=margin_frac,
+            decode_batch=s["decode"],
+            decode_step=s["decode_step"],
+        )
