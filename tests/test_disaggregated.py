@@ -143,6 +143,7 @@ def _fd(f, x, rel=1e-6):
     return (f(x + h) - f(x - h)) / (2 * h)
 
 
+@pytest.mark.slow  # ~20 s of compile on 2 CPU cores
 def test_gradients_match_finite_differences(gb200, llama70):
     # closed loop (the open loop's gradients are checked finite below)
     tau = 0.05

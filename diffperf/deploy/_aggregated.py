@@ -78,10 +78,35 @@ HOST_OVERHEAD_S_PER_SEQ = 37e-6
 REQUEST_OVERHEAD_S = 0.03
 FIXED_POINT_ITERATIONS = 40
 FIXED_POINT_DAMPING = 0.6
+ANCHOR_LOW_FRAC = 0.5  # the lower decode-only anchor, as a fraction of the running batch
 
 
 def _z(q: float | None) -> float:
     return 0.0 if q is None else statistics.NormalDist().inv_cdf(q)
+
+
+def _solve(f, running, dec_steps, rate_inst, closed: bool):
+    """Fixed point ``v = f(v)`` of ``v = (T, X)`` on the step-time surrogate.
+
+    Damped iteration ``v <- (1-d) v + d f(v)`` (cheap scalar work, no gradient), then one
+    Newton step ``v* - (I - J)^-1 (v* - f(v*))`` with ``J = df/dv`` held constant: its value
+    polishes the root and its gradient is the implicit-function one,
+    ``dv/dθ = (I - J)^-1 df/dθ``.
+    """
+    t0 = jnp.asarray(0.02)
+    x0 = safe_div(running, (dec_steps + 2.0) * t0) if closed else rate_inst
+    v0 = jax.lax.stop_gradient(jnp.stack([t0, x0]))
+    f_sg = lambda v: jax.lax.stop_gradient(f(v))
+    body = lambda _, v: (1.0 - FIXED_POINT_DAMPING) * v + FIXED_POINT_DAMPING * f_sg(v)
+    v_star = jax.lax.fori_loop(0, FIXED_POINT_ITERATIONS, body, v0)
+    jac = jax.lax.stop_gradient(jax.jacfwd(f)(v_star))
+    a = jnp.eye(2) - jac
+    det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+    ok = jnp.abs(det) > 1e-12
+    inv = jnp.stack([jnp.stack([a[1, 1], -a[0, 1]]), jnp.stack([-a[1, 0], a[0, 0]])])
+    inv = jnp.where(ok, inv / jnp.where(ok, det, 1.0), jnp.eye(2))
+    g = v_star - f(v_star)
+    return v_star - inv @ g
 
 
 class Aggregated(AbstractServingScheme):
@@ -142,6 +167,15 @@ class Aggregated(AbstractServingScheme):
         def host(seqs):
             return self.host_overhead_s + self.host_overhead_s_per_seq * seqs
 
+        def chunking(p_h):
+            """(chunk, prefix) of an iteration carrying ``p_h`` prefill tokens."""
+            chunk = smooth_min2(isl_eff, p_h, tau)
+            return chunk, cached + 0.5 * relu_smooth(isl_eff - chunk, 0.0)
+
+        def avail_of(decode):
+            # decode tokens take the budget first; keep >= 5% of it for prefill chunks
+            return jnp.maximum(budget - decode, 0.05 * budget)
+
         # initial burst (cold start): all clients' prompts at once, C tokens per iteration
         burst_seqs = running
         burst_tokens = burst_seqs * isl_eff
@@ -149,36 +183,73 @@ class Aggregated(AbstractServingScheme):
         p_b = smooth_min2(burst_tokens, budget, tau)
         chunk_b = smooth_min2(isl_eff, p_b, tau)
 
-        def steps(decode, p_h, chunk, prefix):
-            """[decode-only, mixed, burst] iterations in one vmapped call (one compiled
-            copy of the step model): max(GPU time, overlapped host time) each."""
-            zero = jnp.zeros(())
-            batch = mixed_batch(
-                jnp.stack([decode, decode, 0.5 * burst_seqs]),
-                jnp.stack([ctx, ctx, isl]),
-                jnp.stack([zero, p_h, p_b]),
-                jnp.stack([jnp.ones(()), chunk, chunk_b]),
-                jnp.stack([zero, prefix, cached]),
-            )
-            res = jax.vmap(lambda bt: iteration(hw, model, plan, bt, tau))(batch)
-            seqs = batch.decode_seqs + batch.prefill_seqs
-            lat = smooth_max2(res.latency_s, host(seqs), tau)
-            dec_step = jax.tree_util.tree_map(lambda leaf: leaf[0], res)
-            return lat[0], lat[1], lat[2], dec_step
+        # Anchors of the step-time surrogate, one vmapped call (one compiled copy of the
+        # step model): decode-only at the nodes ``d_nodes``, and mixed at ``d_m`` sequences
+        # with one prompt (p_1) and with the budget left by the decode tokens (p_2). Closed
+        # loop: nodes (B/2, B), d_m = B (the solved batch is at most B, mostly near it); open
+        # loop: nodes (0, 1, M/4, M), d_m = 0 (any batch up to max_batch M is possible; the step
+        # jumps between 0 and 1 sequence, as tiles round up).
+        if closed:
+            d_nodes = [ANCHOR_LOW_FRAC * running, running]
+            d_m = running
+        else:
+            d_nodes = [jnp.zeros(()), jnp.ones(()), 0.25 * max_batch, max_batch]
+            d_m = d_nodes[0]
+        k = len(d_nodes)
+        p_2 = avail_of(d_m)
+        p_1 = smooth_min2(isl_eff, p_2, tau)
+        (c_1, pre_1), (c_2, pre_2) = chunking(p_1), chunking(p_2)
+        zero, one = jnp.zeros(()), jnp.ones(())
+        batch = mixed_batch(
+            jnp.stack([*d_nodes, d_m, d_m]),
+            jnp.stack([ctx] * (k + 2)),
+            jnp.stack([zero] * k + [p_1, p_2]),
+            jnp.stack([one] * k + [c_1, c_2]),
+            jnp.stack([zero] * k + [pre_1, pre_2]),
+        )
+        res = jax.vmap(lambda bt: iteration(hw, model, plan, bt, tau))(batch)
+        gpu = res.latency_s
+
+        def interp(y, decode):
+            """Piecewise-linear in the decode batch through the decode nodes (extrapolated
+            linearly beyond the end nodes); ``y`` holds the node values first."""
+            out = None
+            for i in range(k - 1):
+                lo, hi = d_nodes[i], d_nodes[i + 1]
+                seg = y[i] + safe_div(y[i + 1] - y[i], hi - lo) * (decode - lo)
+                out = seg if out is None else jnp.where(decode >= lo, seg, out)
+            return out
+
+        # GPU time: piecewise-linear in the decode batch, plus the prefill tokens' increment
+        # measured at d_m, affine in the prefill tokens (secant p_1..p_2)
+        g_m = gpu[k - 1] if closed else gpu[0]
+        inc_1, inc_2 = gpu[k] - g_m, gpu[k + 1] - g_m
+        spread_ok = p_2 - p_1 > 1e-6 * p_2
+        inc_slope = jnp.where(
+            spread_ok,
+            safe_div(inc_2 - inc_1, jnp.where(spread_ok, p_2 - p_1, 1.0)),
+            safe_div(inc_2, p_2),
+        )
+
+        def step_times(decode, p_h, chunk):
+            """(decode-only, mixed) iteration times: max(GPU, overlapped host) each."""
+            g_dec = interp(gpu, decode)
+            g_mix = g_dec + inc_2 + inc_slope * (p_h - p_2)
+            t_dec = smooth_max2(g_dec, host(decode), tau)
+            t_mix = smooth_max2(g_mix, host(decode + safe_div(p_h, chunk)), tau)
+            return t_dec, t_mix
 
         def state(v):
             """Iteration mix and TTFT pieces for mean iteration time ``t`` and rate ``x``."""
             t, x = v[0], v[1]
             decode = jnp.minimum(x * dec_steps * t, max_batch)
-            # decode tokens take the budget first; keep >= 5% of it for prefill chunks
-            avail = jnp.maximum(budget - decode, 0.05 * budget)
+            avail = avail_of(decode)
             p_mean = x * isl_eff * t
             # the iteration carrying a prompt: it plus the prompts that arrived during one
             # iteration (on average P), at most the budget left by the decode tokens
             p_h = smooth_min2(isl_eff + p_mean, avail, tau)
-            chunk = smooth_min2(isl_eff, p_h, tau)
-            prefix = cached + 0.5 * relu_smooth(isl_eff - chunk, 0.0)
-            t_dec, t_mix, t_b, dec_step = steps(decode, p_h, chunk, prefix)
+            chunk, _ = chunking(p_h)
+            t_dec, t_mix = step_times(decode, p_h, chunk)
             phi = jnp.minimum(safe_div(p_mean, p_h), 1.0)
             t_mean = t_dec + phi * (t_mix - t_dec)
             e_t2 = (1.0 - phi) * t_dec**2 + phi * t_mix**2
@@ -206,7 +277,6 @@ class Aggregated(AbstractServingScheme):
                 p_h=p_h,
                 t_dec=t_dec,
                 t_mix=t_mix,
-                t_b=t_b,
                 phi=phi,
                 t_mean=t_mean,
                 residual=residual,
@@ -215,28 +285,11 @@ class Aggregated(AbstractServingScheme):
                 wait_q=wait_q,
                 rho_p=rho_p,
                 fixed=fixed,
-                decode_step=dec_step,
             )
 
-        # Damped fixed-point iteration v <- (1-d) v + d f(v) (as _queueing.fixed_point), the
-        # state of the last evaluation carried along so the step model is traced once.
-        t0 = jnp.asarray(0.02)
-        x0 = safe_div(running, (dec_steps + 2.0) * t0) if closed else rate_inst
-        v0 = jnp.stack([t0, x0])
-        s0 = jax.tree_util.tree_map(
-            lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(state, v0)
-        )
-
-        def body(_, carry):
-            v, s_last, _ = carry
-            s_new = state(v)
-            v_new = (1.0 - FIXED_POINT_DAMPING) * v + FIXED_POINT_DAMPING * s_new["v"]
-            return v_new, s_new, s_last
-
-        # The step model is piecewise (tile/wave quantisation), so the map can straddle a
-        # jump in a 2-cycle (≈1% wide); the mean of the last two states is reported.
-        _, s_a, s_b = jax.lax.fori_loop(0, FIXED_POINT_ITERATIONS, body, (v0, s0, s0))
-        s = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), s_a, s_b)
+        t_b = step_times(0.5 * burst_seqs, p_b, chunk_b)[1]
+        v = _solve(lambda u: state(u)["v"], running, dec_steps, rate_inst, closed)
+        s = state(v)
         x = s["x"]
         tpot = s["t_mean"]
         fixed, residual, prefill, wait, wait_q, rho_p = (
@@ -247,6 +300,8 @@ class Aggregated(AbstractServingScheme):
             s["wait_q"],
             s["rho_p"],
         )
+        # the decode step at the solved batch: its breakdown, interpolated like its time
+        dec_step = jax.tree_util.tree_map(lambda a: interp(a, s["decode"]), res)
 
         if closed:
             # clients beyond the engine's max batch queue for a slot (Little's law)
@@ -260,7 +315,7 @@ class Aggregated(AbstractServingScheme):
         prefill_pct = prefill * (1.0 + z * w.isl_cv)
         ttft_ss_pct = fixed + residual + prefill_pct + wait_q + slot_wait + client_wait
 
-        ttft_cold = self.request_overhead_s + 0.5 * (n_b + 1.0) * s["t_b"]
+        ttft_cold = self.request_overhead_s + 0.5 * (n_b + 1.0) * t_b
         f = self.cold_start_frac
         ttft = (1.0 - f) * ttft_ss + f * ttft_cold
         ttft_pct = (1.0 - f) * ttft_ss_pct + f * ttft_cold * (1.0 + z * w.isl_cv)
@@ -298,5 +353,5 @@ class Aggregated(AbstractServingScheme):
             utilisation=utilisation,
             memory_margin_frac=margin_frac,
             decode_batch=s["decode"],
-            decode_step=s["decode_step"],
+            decode_step=dec_step,
         )

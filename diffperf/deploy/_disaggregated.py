@@ -274,8 +274,8 @@ def solve_serving(tpot_fn, args, units, max_batch, pool: PrefillPool, workload, 
             return jnp.maximum(placed, safe_div(x, RHO_MAX * pool.capacity_per_s) - 1.0)
         return safe_div(x, w.arrival_rate_per_s) - 1.0
 
-    u = [(i / (TPOT_NODES - 1)) ** 2 for i in range(TPOT_NODES)]
-    t_nodes = jnp.stack([tpot_fn(args, ui * bmax)[0] for ui in u])
+    u = jnp.asarray([(i / (TPOT_NODES - 1)) ** 2 for i in range(TPOT_NODES)])
+    t_nodes = jax.vmap(lambda b: tpot_fn(args, b)[0])(u * bmax)
     g_s = lambda b: resid(_interp_nodes(b, bmax, t_nodes), b)
     g_hi = resid(t_nodes[-1], bmax)
     b0 = _illinois(g_s, jnp.zeros(()), -jnp.ones(()), bmax, g_hi, ROOT_ITERATIONS)
