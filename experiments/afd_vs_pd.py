@@ -86,7 +86,7 @@ FULL = Config(
     microbatches=(1, 2, 3, 4),
 )
 QUICK = Config(
-    clusters=(("gb200", 32), ("h800", 16)),
+    clusters=(("gb200", 32), ("h800", 32)),
     workloads=WORKLOADS,
     model_clusters=(),
     extra_models=(),

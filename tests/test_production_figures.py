@@ -18,17 +18,13 @@ _MEETS = [
     "a. DeepSeek-V3 decode, H800 EP144",
     "b. SGLang DeepSeek-V3 prefill, H100 EP24",
     "b. SGLang DeepSeek-V3 decode, H100 EP72",
+    "c. Step-3 AFD decode, H800 2A2F",
 ]
 _MISSES = {
     "a. DeepSeek-V3 prefill, H800 EP32": (
         "predicted prefill capacity is ~1.5x DeepSeek's figure, which is a 24-hour average "
         "of a load-scaled fleet (not peak capacity); loading the 56.3% cache hits from the "
         "on-disk KV cache and DeepEP's SM use during overlap are not modelled"
-    ),
-    "c. Step-3 AFD decode, H800 2A2F": (
-        "attention-bound: diffperf computes the 64-query-head, 1-KV-head decode attention in "
-        "bf16 and counts MFA's low-rank query as a full-rank projection; Step-3's FP8 setting "
-        "runs the MFA kernel in FP8 (the FP8-attention what-if reaches 0.73)"
     ),
 }
 

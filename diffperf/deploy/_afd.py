@@ -146,12 +146,13 @@ class AFD(AbstractServingScheme):
     moe_dtype: str = eqx.field(static=True, default="bf16")
     kv_dtype: str = eqx.field(static=True, default="bf16")
     comm_dtype: str = eqx.field(static=True, default="bf16")
+    attention_dtype: str = eqx.field(static=True, default="bf16")
     prefill_hw: Hardware | None = None
     attention_hw: Hardware | None = None
     ffn_hw: Hardware | None = None
 
     def __check_init__(self):
-        for f in ("weight_dtype", "moe_dtype", "kv_dtype", "comm_dtype"):
+        for f in ("weight_dtype", "moe_dtype", "kv_dtype", "comm_dtype", "attention_dtype"):
             get_format(getattr(self, f), f)
 
     def devices(self):
@@ -166,6 +167,7 @@ class AFD(AbstractServingScheme):
             moe_dtype=self.moe_dtype,
             kv_dtype=self.kv_dtype,
             comm_dtype=self.comm_dtype,
+            attention_dtype=self.attention_dtype,
         )
 
     def decode_step(

@@ -187,13 +187,13 @@ class Aggregated(AbstractServingScheme):
         # step model): decode-only at the nodes ``d_nodes``, and mixed at ``d_m`` sequences
         # with one prompt (p_1) and with the budget left by the decode tokens (p_2). Closed
         # loop: nodes (B/2, B), d_m = B (the solved batch is at most B, mostly near it); open
-        # loop: nodes (0, 1, M/4, M), d_m = 0 (any batch up to max_batch M is possible; the step
-        # jumps between 0 and 1 sequence, as tiles round up).
+        # loop: nodes (1, M/4, M), d_m = 1 (any batch up to max_batch M is possible; below one
+        # sequence the step is extrapolated, since tiles round a fraction of a sequence up).
         if closed:
             d_nodes = [ANCHOR_LOW_FRAC * running, running]
             d_m = running
         else:
-            d_nodes = [jnp.zeros(()), jnp.ones(()), 0.25 * max_batch, max_batch]
+            d_nodes = [jnp.ones(()), 0.25 * max_batch, max_batch]
             d_m = d_nodes[0]
         k = len(d_nodes)
         p_2 = avail_of(d_m)

@@ -1,0 +1,1 @@
+"""Research scripts: ``python -m experiments.<name>`` (outputs in experiments/out/)."""
