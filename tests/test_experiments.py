@@ -39,6 +39,7 @@ def test_slo_levels_chat():
     lv = x.slo_levels(load_workload("chat"))
     assert lv["preset"] == pytest.approx((2.0, 0.025))
     assert lv["strict"] == pytest.approx((1.0, 0.020))
+    assert lv["tight"] == pytest.approx((1.0, 0.015))
 
 
 def test_best_index_and_feasible():
@@ -101,6 +102,7 @@ def test_infeasibility_empty_table():
     m = {k: np.zeros(0) for k in x._FIELDS}
     assert x.infeasibility(m, 0, 1.0, 0.02).startswith("no valid plan")
     assert x.infeasibility(m, 12, 1.0, 0.02).startswith("memory: weights overflow")
+    assert "attention/FFN unit" in x.infeasibility(m, 12, 1.0, 0.02, "afd")
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +128,13 @@ def test_afd_split_and_profile(afd_table):
     assert f"({a}A+{f}F)" in x.describe("afd", cols, i)
     # the profile ranks A:F shapes by their best throughput
     thr = np.arange(afd_table.size, dtype=float)
-    prof = x.split_profile(cols, {"throughput_tok_s_per_device": thr}, np.ones(afd_table.size, bool))
+    prof = x.split_profile(
+        cols, {"throughput_tok_s_per_device": thr}, np.ones(afd_table.size, bool)
+    )
     assert prof[0]["tok_s_per_gpu"] == thr[-1]
-    assert [p["tok_s_per_gpu"] for p in prof] == sorted((p["tok_s_per_gpu"] for p in prof), reverse=True)
+    assert [p["tok_s_per_gpu"] for p in prof] == sorted(
+        (p["tok_s_per_gpu"] for p in prof), reverse=True
+    )
 
 
 def test_shared_trace_hardware_keeps_numbers():
@@ -144,7 +150,8 @@ def test_shared_trace_hardware_keeps_numbers():
 
 def _record(scheme, wl, tok, hw="gb200", model=x.MAIN_MODEL):
     slo = {}
-    for level, (ttft, tpot) in (("preset", (2.0, 0.025)), ("strict", (1.0, 0.02))):
+    levels = (("preset", (2.0, 0.025)), ("strict", (1.0, 0.02)), ("tight", (1.0, 0.015)))
+    for level, (ttft, tpot) in levels:
         r = {"ttft_slo_s": ttft, "tpot_slo_s": tpot, "feasible": int(tok is not None)}
         if tok is None:
             r["reason"] = "TPOT: best p90 30.0 ms > 20 ms"
@@ -191,11 +198,11 @@ def test_report_from_synthetic_records(tmp_path):
         _record("afd", "coding", 30.0),
     ]
     rows = x.main_table(recs)
-    assert len(rows) == 4  # 2 workloads x 2 SLO levels
+    assert len(rows) == 6  # 2 workloads x 3 SLO levels
     chat = rows[0]
     assert chat[:2] == ["gb200 x64", "chat"]
     assert chat[6] == "afd" and chat[8] == "1.50x"  # 60 / 40
-    assert rows[2][8] == "only AFD"
+    assert rows[3][8] == "only AFD"
     f = x.findings(recs)
     assert "Only AFD meets the SLO in 1: gb200x64 coding" in f[0]
     assert "1.50-1.50" in f[0]

@@ -33,7 +33,9 @@ def test_reader_errors_name_file_line_and_column(tmp_path):
 def test_predict_small_table_and_unknown_quant(tmp_path):
     rows = [
         "h100-sxm,meta-llama/Llama-3.1-8B-Instruct,agg,,1024,128,8,1,1,,1,1,8,191,7.9",
-        "h100-sxm,meta-llama/Llama-3.1-8B-Instruct,agg,fp8,2048,256,32,2,1,,1,1,32,167,9.7",
+        # bf16 = the checkpoint's format: same static structure as the validation table, so
+        # both tests share one compiled predictor
+        "h100-sxm,meta-llama/Llama-3.1-8B-Instruct,agg,bf16,2048,256,32,2,1,,1,1,32,167,9.7",
     ]
     cols = read_served_csv(_write(tmp_path, rows))
     ttft, tpot = predict_served_runs(cols)

@@ -39,6 +39,7 @@ from ._workload import Workload
 HARNESS_COLD_START_FRAC = 0.1
 HARNESS_CLIENT_QUEUE_REQUESTS = 1.0
 MAX_NUM_TOKENS = 8192.0
+PAD_ROWS = 256
 
 TEXT_COLUMNS = frozenset(
     {
@@ -331,8 +332,9 @@ def predict_served_runs(
         rows_args[i] = args
     for (mpath, hw_key, formats, mode), idx in groups.items():
         rows = np.array([rows_args[i] for i in idx], dtype=float)
-        # pad to a power of two (repeating the last row) so similar tables reuse one compile
-        size = max(8, 1 << (len(idx) - 1).bit_length())
+        # pad to a multiple of PAD_ROWS (repeating the last row): tables up to PAD_ROWS rows
+        # of one structure share one compile (a padded row costs microseconds)
+        size = PAD_ROWS * -(-len(idx) // PAD_ROWS)
         rows = np.concatenate([rows, np.repeat(rows[-1:], size - len(idx), axis=0)])
         fn = _agg_batch if mode == "agg" else _disagg_batch
         a, b = fn(hw_cache[hw_key], model_cache[mpath], formats, jnp.asarray(rows))
