@@ -68,7 +68,7 @@ class Config:
 
     clusters: tuple  # (hardware preset, devices)
     workloads: tuple
-    model_clusters: tuple  # clusters on which the extra models' AFD grids run
+    model_clusters: tuple  # clusters on which the extra models' grids run
     extra_models: tuple
     batch_ladder: tuple
     prefill_batch_ladder: tuple
@@ -79,9 +79,16 @@ class Config:
 
 
 FULL = Config(
-    clusters=(("gb200", 64), ("h200-sxm", 32), ("h200-sxm", 64), ("h800", 32), ("h800", 64)),
+    clusters=(
+        ("gb200", 64),
+        ("gb200", 72),
+        ("h200-sxm", 32),
+        ("h200-sxm", 64),
+        ("h800", 32),
+        ("h800", 64),
+    ),
     workloads=WORKLOADS,
-    model_clusters=(("gb200", 64), ("h200-sxm", 32)),
+    model_clusters=(("gb200", 64), ("h200-sxm", 32)),  # every scheme, as for DeepSeek-V3.2
     extra_models=("deepseek-v3", "qwen3-235b-a22b"),
     batch_ladder=tuple(2**k for k in range(10)),
     prefill_batch_ladder=(1, 2, 4),
@@ -408,20 +415,20 @@ def _index(records) -> dict:
     }
 
 
-def main_table(records, levels=LEVELS) -> list[list[str]]:
+def main_table(records, levels=LEVELS, model=MAIN_MODEL) -> list[list[str]]:
     """Rows: cluster, workload, SLO, best tok/s/GPU per scheme, winner, AFD vs best non-AFD."""
     idx = _index(records)
     rows = []
     keys = sorted(
-        {(r["hardware"], r["devices"], r["workload"]) for r in records if r["model"] == MAIN_MODEL},
+        {(r["hardware"], r["devices"], r["workload"]) for r in records if r["model"] == model},
         key=lambda k: (k[0] != "gb200", k[0], k[1], WORKLOADS.index(k[2])),
     )
     for hw, n, wl in keys:
         for level in levels:
             res = {
-                s: idx[(MAIN_MODEL, hw, n, wl, s)]["slo"][level]
+                s: idx[(model, hw, n, wl, s)]["slo"][level]
                 for s in SCHEMES
-                if (MAIN_MODEL, hw, n, wl, s) in idx
+                if (model, hw, n, wl, s) in idx
             }
             any_r = next(iter(res.values()))
             slo = f"{level} ({any_r['ttft_slo_s']:g} s / {1e3 * any_r['tpot_slo_s']:g} ms)"
@@ -545,10 +552,10 @@ def split_table(records, level="strict") -> list[list[str]]:
     return rows
 
 
-def findings(records, levels=LEVELS) -> list[str]:
+def findings(records, levels=LEVELS, model=MAIN_MODEL, extras=True) -> list[str]:
     """Sentences computed from the records (no hand-written claims)."""
     idx = _index(records)
-    main = [r for r in records if r["model"] == MAIN_MODEL]
+    main = [r for r in records if r["model"] == model]
     cases = sorted({(r["hardware"], r["devices"], r["workload"]) for r in main})
     out = []
     for level in levels:
@@ -558,7 +565,7 @@ def findings(records, levels=LEVELS) -> list[str]:
         for hw, n, wl in cases:
             v = {}
             for s in SCHEMES:
-                r = idx.get((MAIN_MODEL, hw, n, wl, s))
+                r = idx.get((model, hw, n, wl, s))
                 if r is None:
                     continue
                 t = r["slo"][level].get("tok_s_per_gpu")
@@ -577,7 +584,7 @@ def findings(records, levels=LEVELS) -> list[str]:
                 ratios.append(v["afd"] / max(non))
         total = len(cases)
         s = (
-            f"{level} SLO, DeepSeek-V3.2, {total} (cluster, workload) cases: best scheme is "
+            f"{level} SLO, {model}, {total} (cluster, workload) cases: best scheme is "
             + ", ".join(f"{k} in {c}" for k, c in wins.items())
             + f"; no scheme feasible in {len(none_ok)}. Infeasible cases per scheme: "
             + ", ".join(f"{k} {c}/{total}" for k, c in infeas.items())
@@ -592,6 +599,8 @@ def findings(records, levels=LEVELS) -> list[str]:
                 f"(median {float(np.median(ratios)):.2f})."
             )
         out.append(s)
+    if not extras:
+        return out
     # AFD system throughput under the stricter SLOs
     for level in LEVELS[1:]:
         afd = [r["slo"][level] for r in main if r["scheme"] == "afd" and "tok_s" in r["slo"][level]]
@@ -662,6 +671,13 @@ def plot(records, out_dir: Path) -> list[str]:
     return paths
 
 
+def _other_models(records) -> str:
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in records if r["model"] != MAIN_MODEL):
+        parts += [f"**{model}**", "", _md_table(main_table(records, model=model), MAIN_HEADER), ""]
+    return "\n".join(parts) if parts else "(not run in this configuration)"
+
+
 def render(records, cfg: Config, wall_s: float, pngs: list[str]) -> str:
     lines = [
         "# AFD vs P/D vs aggregation (DeepSeek-V3.2, exact grid)",
@@ -691,6 +707,8 @@ def render(records, cfg: Config, wall_s: float, pngs: list[str]) -> str:
         "",
     ]
     lines += [f"- {s}" for s in findings(records)]
+    for model in dict.fromkeys(r["model"] for r in records if r["model"] != MAIN_MODEL):
+        lines += [f"- {s}" for s in findings(records, ("strict",), model, extras=False)]
     lines += [
         "",
         "## 2. Where each scheme is infeasible, and why",
@@ -742,6 +760,10 @@ def render(records, cfg: Config, wall_s: float, pngs: list[str]) -> str:
             ],
         ),
         "",
+        "## 3b. The same comparison for the other models (all schemes)",
+        "",
+        _other_models(records),
+        "",
         "## 4. Pareto frontiers",
         "",
     ]
@@ -763,7 +785,7 @@ def run(
         records += run_cluster(MAIN_MODEL, hw, n, SCHEMES, cfg, log)
     for model in cfg.extra_models:
         for hw, n in cfg.model_clusters:
-            records += run_cluster(model, hw, n, ("afd",), cfg, log)
+            records += run_cluster(model, hw, n, SCHEMES, cfg, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = plot(records, out_dir) if plots else []
     wall = time.perf_counter() - t0
