@@ -12,8 +12,10 @@ from jax.test_util import check_grads
 from diffperf.hardware import load_hardware
 from diffperf.ops._gemm import gemm_compute_eff, gemm_cost
 
+from .helpers import shared_data_dir
 
-DATA = Path("/work/shared/data/kernels")
+
+DATA = (shared_data_dir() or Path("/nonexistent")) / "kernels"
 
 
 @pytest.fixture(scope="module")

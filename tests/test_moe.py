@@ -11,8 +11,10 @@ import pytest
 from diffperf.hardware import load_hardware
 from diffperf.ops._moe import expected_experts_touched, moe_layer_cost
 
+from .helpers import shared_data_dir
 
-DATA = Path("/work/shared/data/kernels")
+
+DATA = (shared_data_dir() or Path("/nonexistent")) / "kernels"
 DS = (7168.0, 2048.0, 256.0, 8.0)  # deepseek-v3: hidden, intermediate, experts, top-k
 
 
