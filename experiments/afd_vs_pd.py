@@ -1,7 +1,8 @@
 """AFD vs P/D disaggregation vs chunked-prefill aggregation for MoE serving (exact grid).
 
 Run: ``python -m experiments.afd_vs_pd [--quick]`` (writes ``experiments/out/afd_vs_pd.md``,
-``experiments/out/afd_vs_pd.json`` and one Pareto PNG per hardware x workload).
+``experiments/out/afd_vs_pd.json`` and one Pareto PNG per hardware x workload; ``--quick``
+writes ``afd_vs_pd_quick*`` instead). Full: ~4 min on 2 CPU cores; quick: ~1.5 min.
 
 After the AFD study (seed abstract: "Under strict TTFT/TPOT SLOs, AFD sustains around 4k
 tokens/s of system throughput on DeepSeek-V3.2 across chat, coding, and agentic-coding
@@ -640,7 +641,7 @@ def findings(records, levels=LEVELS, model=MAIN_MODEL, extras=True) -> list[str]
     return out
 
 
-def plot(records, out_dir: Path) -> list[str]:
+def plot(records, out_dir: Path, stem: str = "afd_vs_pd") -> list[str]:
     from diffperf.plot import pareto_frontiers
 
     paths = []
@@ -660,7 +661,7 @@ def plot(records, out_dir: Path) -> list[str]:
                 "frontier_y": py,
             }
         tpot = rs[0]["slo"]["preset"]["tpot_slo_s"]
-        path = out_dir / f"afd_vs_pd_{hw}x{n}_{wl}.png"
+        path = out_dir / f"{stem}_{hw}x{n}_{wl}.png"
         pareto_frontiers(
             series,
             str(path),
@@ -787,10 +788,11 @@ def run(
         for hw, n in cfg.model_clusters:
             records += run_cluster(model, hw, n, SCHEMES, cfg, log)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs = plot(records, out_dir) if plots else []
+    stem = "afd_vs_pd" if cfg.label == "full" else f"afd_vs_pd_{cfg.label}"
+    pngs = plot(records, out_dir, stem) if plots else []
     wall = time.perf_counter() - t0
-    (out_dir / "afd_vs_pd.md").write_text(render(records, cfg, wall, pngs))
-    (out_dir / "afd_vs_pd.json").write_text(json.dumps(_jsonable(records), indent=1))
+    (out_dir / f"{stem}.md").write_text(render(records, cfg, wall, pngs))
+    (out_dir / f"{stem}.json").write_text(json.dumps(_jsonable(records), indent=1))
     return records, wall
 
 
@@ -806,7 +808,8 @@ def main(argv=None) -> int:
     print()
     for s in findings(records):
         print("- " + s)
-    print(f"\nwrote {Path(args.out) / 'afd_vs_pd.md'} in {wall:.0f} s")
+    stem = "afd_vs_pd" if cfg.label == "full" else f"afd_vs_pd_{cfg.label}"
+    print(f"\nwrote {Path(args.out) / (stem + '.md')} in {wall:.0f} s")
     return 0
 
 
