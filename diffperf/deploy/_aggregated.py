@@ -16,9 +16,9 @@ instance's token budget per iteration):
   iteration; closed-loop clients desynchronise in practice, so the same form is used). A
   fraction ``φ = P / P_h`` of iterations is mixed, the rest decode-only, so
   ``T = (1-φ) T_dec + φ T_mix`` with ``T_dec`` ≈ ``iteration(decode D)`` and
-  ``T_mix`` ≈ ``iteration(decode D + P_h prefill)`` (the surrogate below). This is where the decode slowdown caused by
-  mixed prefill chunks comes from (e.g. Llama-3.1-8B, H100, TP1, 64 clients, ISL 2048 /
-  OSL 128: ``T`` ≈ 2.6× the pure decode step).
+  ``T_mix`` ≈ ``iteration(decode D + P_h prefill)`` (the surrogate below). This is where
+  the decode slowdown caused by mixed prefill chunks comes from (e.g. Llama-3.1-8B, H100,
+  TP1, 64 clients, ISL 2048 / OSL 128: ``T`` ≈ 2.6× the pure decode step).
 - Step-time surrogate (the one approximation of the solve): the GPU time of an iteration is
   taken piecewise-linear in the decode batch through a few decode-only anchors (closed loop:
   ``B/2`` and ``B``; open loop: 1, ``M/4``, ``M`` = max_batch) plus the prefill increment
