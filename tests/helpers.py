@@ -37,3 +37,26 @@ def finite_difference_grad(f, x: float, rel_eps: float | None = None) -> float:
 def all_finite(tree) -> bool:
     leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+
+
+def assert_median_error_bars(csv_path: Path, bar: float, keys=("device", "op", "dtype")):
+    """Predict a measured kernel table with the shipped presets and assert that every group's
+    median |pred/meas - 1| is within ``bar`` (devices without a preset are skipped)."""
+    from diffperf.calibrate import error_table, predict_table, read_kernel_csv, select_rows
+    from diffperf.hardware import PresetError, load_hardware
+
+    cols = read_kernel_csv(csv_path)
+    known = []
+    for dev in np.unique(cols["device"]):
+        try:
+            load_hardware(str(dev))
+            known.append(dev)
+        except PresetError:
+            pass
+    cols = select_rows(cols, np.isin(cols["device"], known))
+    pred = predict_table(lambda d: load_hardware(d), cols)
+    for g in error_table(cols, pred, keys):
+        label = " ".join(str(g[k]) for k in keys)
+        assert g["median_abs_rel_err"] <= bar, (
+            f"{label}: median |rel err| {g['median_abs_rel_err']:.3f}"
+        )

@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 from diffperf.hardware import load_hardware
 from diffperf.ops._gemm import gemm_compute_eff, gemm_cost
 
-from .helpers import shared_data_dir
+from .helpers import assert_median_error_bars, shared_data_dir
 
 
 DATA = (shared_data_dir() or Path("/nonexistent")) / "kernels"
@@ -150,18 +150,4 @@ def test_monotone_in_hardware(hw, dtype):
 def test_validation_gemm():
     if not (DATA / "gemm.csv").exists():
         pytest.skip("measured data folder absent")
-    from diffperf.calibrate._predict_gemm import predict_rows
-    from diffperf.calibrate._tables import read_kernel_csv, select_rows
-
-    c = read_kernel_csv(DATA / "gemm.csv")
-    for dev in np.unique(c["device"]):
-        try:
-            hw = load_hardware(str(dev))
-        except ValueError:
-            continue
-        sub = select_rows(c, c["device"] == dev)
-        pred = predict_rows(hw, sub)
-        err = np.abs(pred / sub["latency_s"] - 1)
-        for dt in np.unique(sub["dtype"]):
-            med = float(np.median(err[sub["dtype"] == dt]))
-            assert med <= 0.15, f"{dev} {dt}: median |rel err| {med:.3f}"
+    assert_median_error_bars(DATA / "gemm.csv", 0.15)

@@ -11,7 +11,7 @@ import pytest
 from diffperf.hardware import load_hardware
 from diffperf.ops._moe import expected_experts_touched, moe_layer_cost
 
-from .helpers import shared_data_dir
+from .helpers import assert_median_error_bars, shared_data_dir
 
 
 DATA = (shared_data_dir() or Path("/nonexistent")) / "kernels"
@@ -132,17 +132,4 @@ def test_monotone(hw, dtype):
 def test_validation_moe():
     if not (DATA / "moe.csv").exists():
         pytest.skip("measured data folder absent")
-    from diffperf.calibrate._predict_moe import predict_rows
-    from diffperf.calibrate._tables import read_kernel_csv, select_rows
-
-    c = read_kernel_csv(DATA / "moe.csv")
-    for dev in np.unique(c["device"]):
-        try:
-            hw = load_hardware(str(dev))
-        except ValueError:
-            continue
-        sub = select_rows(c, c["device"] == dev)
-        err = np.abs(predict_rows(hw, sub) / sub["latency_s"] - 1)
-        for dt in np.unique(sub["dtype"]):
-            med = float(np.median(err[sub["dtype"] == dt]))
-            assert med <= 0.25, f"{dev} {dt}: median |rel err| {med:.3f}"
+    assert_median_error_bars(DATA / "moe.csv", 0.25)
