@@ -73,9 +73,13 @@ from ..stages import (
     ParallelPlan,
     StepResult,
     decode_batch,
+    dense_ffn_block,
+    gated,
+    gqa_attention_block,
     memory_usage,
+    mla_attention_block,
+    tp_all_reduce,
 )
-from ..stages._step import _dense_ffn, _gated, _gqa_attention, _mla_attention, _tp_all_reduce
 from ._disaggregated import (
     cross_domain,
     host_overhead_s,
@@ -200,17 +204,19 @@ class AFD(AbstractServingScheme):
         if model.attention == "gqa":
             layers = jnp.maximum(model.num_layers, 1.0)
             sl = model.num_sliding_layers
-            full = _gqa_attention(hw_a, model, plan_a, mb, seqs, 0.0, tau)
-            win = _gqa_attention(hw_a, model, plan_a, mb, seqs, model.sliding_window_tokens, tau)
+            full = gqa_attention_block(hw_a, model, plan_a, mb, seqs, 0.0, tau)
+            win = gqa_attention_block(
+                hw_a, model, plan_a, mb, seqs, model.sliding_window_tokens, tau
+            )
             attn = OpCost(
                 safe_div(full.time_s * (layers - sl) + win.time_s * sl, layers)
             )  # per-layer average
         else:
-            attn = _mla_attention(hw_a, model, plan_a, mb, tau)
-        ar = _tp_all_reduce(hw_a, plan_a, seqs, d, tau)
+            attn = mla_attention_block(hw_a, model, plan_a, mb, tau)
+        ar = tp_all_reduce(hw_a, plan_a, seqs, d, tau)
         norms = elementwise_cost(hw_a, seqs * d, 8.0, tau)
         t_attn = attn.time_s + ar.time_s + norms.time_s
-        dense = _dense_ffn(
+        dense = dense_ffn_block(
             hw_a, model, plan_a, seqs, model.ffn_intermediate, self.weight_dtype, tau
         )
         t_dense = t_attn + dense.time_s + ar.time_s
@@ -248,7 +254,7 @@ class AFD(AbstractServingScheme):
             gated=model.gated_mlp,
             tau=tau,
         )
-        shared = _dense_ffn(
+        shared = dense_ffn_block(
             hw_f,
             model,
             plan_f,
@@ -257,7 +263,7 @@ class AFD(AbstractServingScheme):
             self.weight_dtype,
             tau,
         )
-        shared = _gated(shared, model.num_shared_experts)
+        shared = gated(shared, model.num_shared_experts)
         red = all_reduce_cost(hw_f, safe_div(tokens * k, ep_f) * d * cb, tpf, tau=tau)
         t_ffn = routed.time_s + shared.time_s + red.time_s
 

@@ -13,8 +13,13 @@ from ._step import (
     MemoryUsage as MemoryUsage,
     StepResult as StepResult,
     decode_batch as decode_batch,
+    dense_ffn_block as dense_ffn_block,
+    gated as gated,
+    gqa_attention_block as gqa_attention_block,
     iteration as iteration,
     memory_usage as memory_usage,
     mixed_batch as mixed_batch,
+    mla_attention_block as mla_attention_block,
     prefill_batch as prefill_batch,
+    tp_all_reduce as tp_all_reduce,
 )

@@ -157,7 +157,7 @@ def _heads_per_device(model: ModelSpec, plan: ParallelPlan):
     return hq, hkv
 
 
-def _gqa_attention(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> OpCost:
+def gqa_attention_block(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> OpCost:
     """Projections + attention kernel(s) of one GQA layer for one attention replica."""
     hq, hkv = _heads_per_device(model, plan)
     hd, d = model.head_dim, model.hidden_size
@@ -189,15 +189,15 @@ def _gqa_attention(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> OpCos
         window=window,
         tau=tau,
     )
-    return qkv + o + _gated(dec, mb.decode_seqs) + _gated(pre, mb.prefill_seqs)
+    return qkv + o + gated(dec, mb.decode_seqs) + gated(pre, mb.prefill_seqs)
 
 
-def _gated(cost: OpCost, count) -> OpCost:
+def gated(cost: OpCost, count) -> OpCost:
     """Drop a kernel (its launch overhead included) when it has no work in this step."""
     return cost.scale(jnp.where(count > 0, 1.0, 0.0))
 
 
-def _mla_attention(hw, model, plan, mb: BatchShape, tau) -> OpCost:
+def mla_attention_block(hw, model, plan, mb: BatchShape, tau) -> OpCost:
     """MLA/DSA block (projections + kernel) for one attention replica, heads split over tp."""
     hq = model.num_heads / plan.tp
     dec = mla_module_cost(
@@ -226,10 +226,10 @@ def _mla_attention(hw, model, plan, mb: BatchShape, tau) -> OpCost:
         dtype=plan.attention_dtype,
         tau=tau,
     )
-    return _gated(dec, mb.decode_seqs) + _gated(pre, mb.prefill_seqs)
+    return gated(dec, mb.decode_seqs) + gated(pre, mb.prefill_seqs)
 
 
-def _dense_ffn(hw, model, plan, m_tok, width, dtype, tau) -> OpCost:
+def dense_ffn_block(hw, model, plan, m_tok, width, dtype, tau) -> OpCost:
     """Gated (or plain) MLP of ``width`` intermediate units, TP-sharded over ``plan.tp``."""
     mats_in = 2.0 if model.gated_mlp else 1.0
     w = width / plan.tp
@@ -239,7 +239,8 @@ def _dense_ffn(hw, model, plan, m_tok, width, dtype, tau) -> OpCost:
     return up + act + down
 
 
-def _tp_all_reduce(hw, plan, m_tok, hidden, tau) -> OpCost:
+def tp_all_reduce(hw, plan, m_tok, hidden, tau) -> OpCost:
+    """All-reduce of ``m_tok`` hidden states (``comm_dtype``) over the ``plan.tp`` group."""
     nbytes = m_tok * hidden * get_format(plan.comm_dtype).bytes_per_element
     return all_reduce_cost(hw, nbytes, plan.tp, tau=tau)
 
@@ -268,7 +269,7 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
         gated=model.gated_mlp,
         tau=tau,
     )
-    shared = _dense_ffn(
+    shared = dense_ffn_block(
         hw,
         model,
         plan,
@@ -277,7 +278,7 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
         plan.weight_dtype,
         tau,
     )
-    shared = _gated(shared, model.num_shared_experts)
+    shared = gated(shared, model.num_shared_experts)
     per_rank = group_tokens / (plan.tp * plan.dp)
     comm_dtype = plan.comm_dtype
     # Dispatch carries the activations in the experts' input precision when the expert GEMMs
@@ -297,7 +298,7 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
     # prefill tokens the high-throughput ones (DeepEP HT), as SGLang/TRT-LLM deployments do.
     use_ht = jnp.where(has_prefill > 0, 1.0, 0.0)
     a2a = a2a_cost("deepep_ht").scale(use_ht) + a2a_cost("deepep_ll").scale(1.0 - use_ht)
-    a2a = _gated(a2a, plan.ep - 1.0)
+    a2a = gated(a2a, plan.ep - 1.0)
     red_bytes = (
         group_tokens / plan.ep * model.hidden_size * get_format(comm_dtype).bytes_per_element
     )
@@ -411,16 +412,16 @@ def _stage_parts(hw, model, plan, mb: BatchShape, tau):
     if model.attention == "gqa":
         sliding = model.num_sliding_layers / plan.pp
         full = layers - sliding
-        attn_full = _gqa_attention(hw, model, plan, mb, m_tok, 0.0, tau)
-        attn_win = _gqa_attention(hw, model, plan, mb, m_tok, model.sliding_window_tokens, tau)
+        attn_full = gqa_attention_block(hw, model, plan, mb, m_tok, 0.0, tau)
+        attn_win = gqa_attention_block(hw, model, plan, mb, m_tok, model.sliding_window_tokens, tau)
         attn = attn_full.scale(full) + attn_win.scale(sliding)
     else:
-        attn = _mla_attention(hw, model, plan, mb, tau).scale(layers)
-    tp_comm = _tp_all_reduce(hw, plan, m_tok, d, tau)
+        attn = mla_attention_block(hw, model, plan, mb, tau).scale(layers)
+    tp_comm = tp_all_reduce(hw, plan, m_tok, d, tau)
     # attention output all-reduce on every layer; dense-FFN all-reduce on dense layers
     tp_comm_total = tp_comm.scale(layers + dense_layers)
     norms = elementwise_cost(hw, m_tok * d, 2.0 * 2.0 * 2.0, tau).scale(layers)
-    dense = _dense_ffn(hw, model, plan, m_tok, model.ffn_intermediate, plan.weight_dtype, tau)
+    dense = dense_ffn_block(hw, model, plan, m_tok, model.ffn_intermediate, plan.weight_dtype, tau)
     dense = dense.scale(dense_layers)
     if model.has_moe:
         moe_compute, moe_comm = _moe_block(hw, model, plan, m_tok, mb.prefill_seqs, tau)
@@ -429,7 +430,7 @@ def _stage_parts(hw, model, plan, mb: BatchShape, tau):
         moe_compute = moe_comm = OpCost.zero()
     act_bytes = get_format(plan.comm_dtype).bytes_per_element
     p2p = p2p_cost(hw, m_tok * d * act_bytes, 0.0, tau=tau)
-    p2p = _gated(p2p, plan.pp - 1.0)
+    p2p = gated(p2p, plan.pp - 1.0)
     return attn, tp_comm_total, norms, dense, moe_compute, moe_comm, p2p
 
 
