@@ -26,14 +26,6 @@ TEXT_COLUMNS = frozenset(
         "model",
         "distribution",
         "implementation",
-        "System",
-        "backend",
-        "backend_version",
-        "model_path",
-        "mode",
-        "precision",
-        "gemm_quant_mode",
-        "moe_quant_mode",
     }
 )
 REQUIRED = ("device", "op", "latency_s")
