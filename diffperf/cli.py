@@ -6,6 +6,16 @@ import sys
 import time
 
 
+# Command groups that keep their flag parsing in their own edge module: each has
+# ``register(subparsers)``, adding parsers whose ``func`` returns an exit code.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "._cli_calibrate",
+    "._cli_optimize",
+    "._cli_explore",
+    "._cli_pipeline",
+)
+
+
 def _positive_int(name):
     def conv(s):
         try:
@@ -932,7 +942,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list hardware presets and models")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_presets)
+
+    import importlib
+
+    for mod in _COMMAND_MODULES:
+        importlib.import_module(mod, __package__).register(sub)
     return ap
+
 
 
 def main(argv=None) -> int:
