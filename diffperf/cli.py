@@ -950,7 +950,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
