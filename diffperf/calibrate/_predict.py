@@ -24,6 +24,7 @@ _PREDICTOR_MODULES: dict[str, str] = {
     "moe_combine": "_predict_comm",
     "moe_combine_low_precision": "_predict_comm",
     "moe_prepare": "_predict_comm",
+    "memcpy": "_predict_memcpy",
 }
 
 

@@ -150,6 +150,21 @@ def model_for(name: str) -> ModelSpec:
     return _MODELS[name]()
 
 
+def traced_groups(cols: dict[str, np.ndarray]):
+    """``[(row_index, fn)]`` per static group, ``fn(hw)`` the traceable latencies (s)."""
+    out = []
+    for (op, scope, dtype, kv_dtype, gemm_dtype, model), idx, arrs in group_rows(cols):
+        spec = model_for(model) if op.startswith("mla") else deepseek_v3_spec()
+        f = group_latency_fn(op, scope or "kernel", dtype, kv_dtype or dtype, gemm_dtype)
+        np_arrs = [np.asarray(a) for a in arrs]
+
+        def fn(hw, f=f, spec=spec, np_arrs=np_arrs):
+            return f(hw, spec, *(jnp.asarray(a, dtype=float) for a in np_arrs))
+
+        out.append((idx, fn))
+    return out
+
+
 def predict_rows(hw: Hardware, cols: dict[str, np.ndarray]) -> np.ndarray:
     """Predicted latency (s) of every attention/MLA row of a measured table (one device).
 

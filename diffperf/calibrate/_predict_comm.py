@@ -72,6 +72,36 @@ def row_inputs(cols: dict[str, np.ndarray], op: str) -> np.ndarray:
     )
 
 
+def _keys(cols: dict[str, np.ndarray]) -> np.ndarray:
+    ops = np.asarray(cols["op"])
+    n = len(ops)
+    impls = np.asarray(cols.get("implementation", np.full(n, "", dtype=str)))
+    dtypes = np.asarray(cols.get("dtype", np.full(n, "", dtype=str)))
+    return np.char.add(
+        np.char.add(np.char.add(ops.astype(str), "|"), impls.astype(str)),
+        np.char.add("|", dtypes.astype(str)),
+    )
+
+
+def traced_groups(cols: dict[str, np.ndarray]):
+    """``[(row_index, fn)]`` per (op, implementation, dtype), ``fn(hw)`` traceable (s)."""
+    keys = _keys(cols)
+    out = []
+    for key in np.unique(keys):
+        op, impl, dtype = str(key).split("|")
+        if op not in _COLLECTIVES and op not in _MOE_OPS:
+            raise ValueError(f"predict_rows (comm): op {op!r} is not a communication op")
+        idx = np.flatnonzero(keys == key)
+        x = row_inputs({k: v[idx] for k, v in cols.items()}, op)
+        f = _row_fn(op, impl, dtype)
+
+        def fn(hw, f=f, x=x):
+            return jax.vmap(f, in_axes=(None, 0))(hw, jnp.asarray(x, dtype=float))
+
+        out.append((idx, fn))
+    return out
+
+
 def predict_rows(hw: Hardware, cols: dict[str, np.ndarray]) -> np.ndarray:
     """Predicted latency (s) of each row (ops all_reduce, all_gather, reduce_scatter,
     all_to_all, moe_dispatch, moe_combine, moe_combine_low_precision, moe_prepare)."""

@@ -33,6 +33,25 @@ def _predict(dtype: str, hw: Hardware, t, h, i, e, k, tp, ep, skew):
     return jax.vmap(f)(t, h, i, e, k, tp, ep, skew)
 
 
+def traced_groups(cols: dict[str, np.ndarray]):
+    """``[(row_index, fn)]`` per dtype, ``fn(hw)`` the traceable latencies (s) of those rows."""
+    dtypes = np.asarray(cols["dtype"]).astype(str)
+    n = len(dtypes)
+    dist = cols.get("distribution", np.array(["balanced"] * n))
+    skew = np.array([skew_of(d) for d in dist], dtype=float)
+    out = []
+    for dt in np.unique(dtypes):
+        idx = np.flatnonzero(dtypes == dt)
+        args = [np.asarray(cols[c], dtype=float)[idx] for c in _COLS] + [skew[idx]]
+
+        def fn(hw, dt=str(dt), args=args):
+            f = lambda *a: moe_layer_cost(hw, *a[:7], dt, True, a[7]).time_s
+            return jax.vmap(f)(*(jnp.asarray(a, dtype=float) for a in args))
+
+        out.append((idx, fn))
+    return out
+
+
 def predict_rows(hw: Hardware, cols: dict[str, np.ndarray]) -> np.ndarray:
     """Predicted latency (s) of MoE rows of one device; ``cols`` from ``read_kernel_csv``."""
     dtypes = np.asarray(cols["dtype"]).astype(str)

@@ -80,6 +80,8 @@ OP_COLUMNS: dict[str, tuple[str, ...]] = {
         "tokens",
     ),
     "moe_prepare": ("implementation", "ep", "topk", "num_experts", "tokens"),
+    # device-memory copy of ``bytes`` bytes (read once, written once); diffperf profile
+    "memcpy": ("bytes",),
 }
 
 
