@@ -70,6 +70,7 @@ from ._stages import AbstractStage, AgentLoop, Decode, KVRetrieval
 
 BATCHING_KINDS = ("static", "window", "continuous")
 MAX_CONTENTION = 0.95
+BATCH_FIXED_POINT_ITERATIONS = 8
 
 
 class PipelineError(ValueError):
@@ -279,10 +280,19 @@ def _stage_batch(kind, bs, window, lam, c, s1, smax):
         mean_nonempty = jnp.where(ok, safe_div(x, -jnp.expm1(-jnp.where(ok, x, 1.0))), 1.0)
         return jnp.clip(mean_nonempty, 1.0, bmax)
     beta = safe_div(smax - s1, bmax - 1.0)
-    den = c - lam * beta
-    num = lam * (s1 - beta)
-    b = jnp.where(den > 0, safe_div(num, jnp.where(den > 0, den, 1.0)), bmax)
-    return jnp.clip(b, 1.0, bmax)
+    if kind == "continuous_iteration":
+        den = c - lam * beta
+        num = lam * (s1 - beta)
+        b = jnp.where(den > 0, safe_div(num, jnp.where(den > 0, den, 1.0)), bmax)
+        return jnp.clip(b, 1.0, bmax)
+    # run-to-completion: the next batch holds the request that opens it plus the arrivals
+    # while all instances were busy: b = 1 + P_w(ρ_b) λ S(b) / c (fixed point, unrolled)
+    b = jnp.asarray(1.0)
+    for _ in range(BATCH_FIXED_POINT_ITERATIONS):
+        sb = s1 + beta * (b - 1.0)
+        rho_b = jnp.clip(safe_div(lam * sb, b * c), 0.0, 1.0)
+        b = jnp.clip(1.0 + prob_wait(rho_b, c) * safe_div(lam * sb, c), 1.0, bmax)
+    return b
 
 
 def evaluate(p: Pipeline, tau: float = 0.0) -> PipelineResult:
@@ -311,7 +321,8 @@ def evaluate(p: Pipeline, tau: float = 0.0) -> PipelineResult:
         if kind == "continuous":
             cc = _costs(s.stage, e.hw, e.kv_tiers, 1.0, bmax, tau)
             s1, smax = cc.service_s[0], cc.service_s[1]
-            b = _stage_batch(kind, bmax, s.batching.window_s, lam_s[i], c, s1, smax)
+            k2 = "continuous_iteration" if _iteration_level(s.stage) else kind
+            b = _stage_batch(k2, bmax, s.batching.window_s, lam_s[i], c, s1, smax)
             w = safe_div(b - 1.0, bmax - 1.0)
             pick = lambda a, w=w: a[0] + w * (a[1] - a[0])  # noqa: E731
             op = jax.tree_util.tree_map(pick, cc)
@@ -385,15 +396,20 @@ def evaluate(p: Pipeline, tau: float = 0.0) -> PipelineResult:
             cap_i = safe_div(c * bmax, serv_max)
             rho_b = jnp.minimum(safe_div(li * serv, b * c), 1.0)
             pw = prob_wait(rho_b, c)
-            rho_max = safe_div(li * serv_max, bmax * c)
             if _iteration_level(s.stage):
                 # every one of the c·B_max slots is a server of one sequence
-                boundary = 0.5 * op.join_s * f
+                rho_max = safe_div(li * serv_max, bmax * c)
                 over = mean_wait_s(rho_max, serv_max, c * bmax, ca2[i], 0.0)
+                w = pw * 0.5 * op.join_s * f + jnp.minimum(rho_max, 1.0) * over
             else:
-                boundary = safe_div(serv, 2.0 * jnp.maximum(c, 1.0))
-                over = mean_wait_s(rho_max, serv_max, c, ca2[i], 0.0)
-            w = pw * boundary + jnp.minimum(rho_max, 1.0) * over
+                # work-conserving view: per-item service S(b)/b queues like M/D/c; a request
+                # also waits for the batch-mates served with it (size-biased batch, Poisson
+                # excess: E_sb[b] = b + (b-1)/b)
+                s_item = safe_div(serv, b)
+                wq = mean_wait_s(safe_div(li * s_item, c), s_item, c, ca2[i], 0.0)
+                e_sb = b + safe_div(b - 1.0, b)
+                done = wq + s_item * (1.0 + 0.5 * (e_sb - 1.0))
+                w = jnp.maximum(done, serv) - serv
         cap[i] = cap_i
         rho[i] = safe_div(li, cap_i)
         wait[i] = w
