@@ -1,0 +1,378 @@
+"""Calibration: recovery of known parameters, robustness, physical bounds, held-out split,
+uncertainty, preset round trip, clear errors, CLI."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffperf.calibrate import TableError, predict_table, read_kernel_csv, write_csv
+from diffperf.calibrate._fit import (
+    CalibrationError,
+    FitConfig,
+    _from_theta,
+    _pseudo_huber,
+    _psi,
+    _to_theta,
+    fit_efficiency,
+    holdout_split,
+    preset_toml,
+    rows_for_device,
+    shape_groups,
+    with_efficiency,
+)
+from diffperf.calibrate._predict_memcpy import memcpy_time_s
+from diffperf.cli import main
+from diffperf.hardware import load_hardware
+
+from .helpers import all_finite
+
+
+# True parameters of the synthetic device: the h100-sxm preset with these GEMM-family values
+# (all well inside the physical ranges, and far enough from the prior that the fit must move).
+TRUTH = {
+    ("gemm", "compute_eff_bf16"): 0.70,
+    ("gemm", "compute_eff_fp8"): 0.60,
+    ("gemm", "mem_eff"): 0.65,
+    ("gemm", "mem_half_bytes"): 4.0e6,
+    ("gemm", "k_half_elems"): 200.0,
+    ("gemm", "launch_s"): 5.0e-6,
+}
+
+
+def _synthetic_table(noise: float, seed: int = 0, outliers: float = 0.0):
+    """GEMM (bf16, fp8) and memcpy rows measured on the TRUTH device, with lognormal noise."""
+    hw_true = with_efficiency(load_hardware("h100-sxm"), TRUTH)
+    rows = []
+    for dt in ("bf16", "fp8"):
+        for n, k in ((1024, 1024), (4096, 1024), (1024, 4096), (4096, 4096), (8192, 2048)):
+            for m in (1, 8, 64, 256, 1024, 4096):
+                rows.append(("gemm", dt, m, n, k, np.nan))
+    for b in (2.0**p for p in range(16, 32, 2)):
+        rows.append(("memcpy", "bf16", np.nan, np.nan, np.nan, b))
+    cols = {
+        "device": np.array(["synthetic"] * len(rows)),
+        "op": np.array([r[0] for r in rows]),
+        "dtype": np.array([r[1] for r in rows]),
+        "m": np.array([r[2] for r in rows], dtype=float),
+        "n": np.array([r[3] for r in rows], dtype=float),
+        "k": np.array([r[4] for r in rows], dtype=float),
+        "bytes": np.array([r[5] for r in rows], dtype=float),
+    }
+    t = predict_table(hw_true, cols)
+    rng = np.random.default_rng(seed)
+    t = t * np.exp(noise * rng.standard_normal(t.size))
+    if outliers:
+        bad = rng.choice(t.size, size=int(outliers * t.size), replace=False)
+        t[bad] *= 4.0  # e.g. a timing that caught a context switch
+    cols["latency_s"] = t
+    return cols
+
+
+@pytest.fixture(scope="module")
+def clean_fit():
+    cols = _synthetic_table(noise=0.01)
+    return cols, fit_efficiency(load_hardware("h100-sxm"), cols, FitConfig(steps=400))
+
+
+def _values(res):
+    return {(p.family, p.name): p for p in res.params}
+
+
+def test_recovers_known_parameters(clean_fit):
+    _, res = clean_fit
+    got = _values(res)
+    for key, true in TRUTH.items():
+        assert got[key].value == pytest.approx(true, rel=0.05), key
+    # the prior (h100 hopper profile) was far from the truth: compute_eff_bf16 0.909 vs 0.70
+    assert got[("gemm", "compute_eff_bf16")].prior == pytest.approx(0.909)
+    # no fp4/int8/fp32 GEMM and no weight-only rows: those cannot be seen in this data
+    assert "gemm.compute_eff_fp4" in res.unconstrained
+    assert "gemm.dequant_eff" in res.unconstrained
+    assert res.families == ("gemm",)
+    # 1% lognormal noise: the median |error| of the fit is about 0.67 * 1% (half-normal median)
+    for r in res.train_errors:
+        assert r["median_abs_rel_err"] < 0.02
+
+
+def test_uncertainty_is_finite_and_covers_truth(clean_fit):
+    _, res = clean_fit
+    for key, p in _values(res).items():
+        assert np.isfinite(p.std) and p.std > 0, key
+        # within 5 sigma (the sandwich ignores model-form error; here the model is exact)
+        if key in TRUTH:
+            assert abs(p.value - TRUTH[key]) < 5 * p.std + 0.02 * TRUTH[key], key
+
+
+def test_uncertainty_grows_with_noise(clean_fit):
+    _, res_clean = clean_fit
+    cols = _synthetic_table(noise=0.08, seed=1)
+    res = fit_efficiency(load_hardware("h100-sxm"), cols, FitConfig(steps=400))
+    s_clean = _values(res_clean)[("gemm", "compute_eff_bf16")].std
+    s_noisy = _values(res)[("gemm", "compute_eff_bf16")].std
+    assert s_noisy > 3 * s_clean
+
+
+def test_robust_to_outliers():
+    """8% of the rows 4x too slow: the pseudo-Huber fit stays near the truth; a least-squares
+    fit (delta far above every residual) is dragged towards the outliers."""
+    cols = _synthetic_table(noise=0.01, seed=2, outliers=0.08)
+    hw = load_hardware("h100-sxm")
+    robust = _values(fit_efficiency(hw, cols, FitConfig(steps=400)))
+    lsq = _values(fit_efficiency(hw, cols, FitConfig(steps=400, delta=100.0)))
+
+    def err(vals, key):
+        return abs(vals[key].value / TRUTH[key] - 1)
+
+    for key in TRUTH:
+        assert err(robust, key) < (0.25 if key[1] == "k_half_elems" else 0.06), key
+    assert sum(err(robust, k) for k in TRUTH) < 0.5 * sum(err(lsq, k) for k in TRUTH)
+
+
+def test_parameters_stay_physical():
+    """Measurements 3x faster than the peaks allow: fractions saturate below 1, never above."""
+    cols = _synthetic_table(noise=0.0)
+    cols["latency_s"] = cols["latency_s"] / 3.0
+    res = fit_efficiency(load_hardware("h100-sxm"), cols, FitConfig(steps=300))
+    for p in res.params:
+        assert np.isfinite(p.value) and p.value > 0, p.name
+        if p.transform == "unit":
+            assert p.value <= 1.0, p.name
+    assert all_finite(res.loss_history)
+
+
+def test_transforms_roundtrip_and_bounds():
+    for v, t in ((0.3, "unit"), (2.5e-6, "pos"), (1.7, "ge1")):
+        th = _to_theta(v, t)
+        assert float(_from_theta(jnp.asarray([th]), (t,))[0]) == pytest.approx(v, rel=1e-9)
+    # extreme θ: still in range, finite gradient
+    x = _from_theta(jnp.asarray([80.0, -80.0, 30.0]), ("unit", "unit", "ge1"))
+    assert 0 < float(x[1]) and float(x[0]) <= 1 and float(x[2]) > 1
+    g = jax.grad(lambda th: jnp.sum(_from_theta(th, ("unit", "pos", "ge1"))))(
+        jnp.asarray([80.0, -30.0, 5.0])
+    )
+    assert all_finite(g)
+
+
+def test_pseudo_huber_derivatives():
+    # psi = rho', psi' = rho'' (used by the sandwich) against autodiff
+    for r in (-0.7, -0.01, 0.0, 0.03, 1.5):
+        d = 0.05
+        g = jax.grad(lambda x: _pseudo_huber(x, d))(r)
+        h = jax.grad(jax.grad(lambda x: _pseudo_huber(x, d)))(r)
+        psi, dpsi = _psi(np.asarray(r), d)
+        assert float(psi) == pytest.approx(float(g), rel=1e-9, abs=1e-15)
+        assert float(dpsi) == pytest.approx(float(h), rel=1e-9)
+    # quadratic for small r: rho(0.001) ~ 0.001^2 / 2; linear for large r: ~ delta*|r|
+    assert float(_pseudo_huber(1e-3, 0.05)) == pytest.approx(0.5e-6, rel=1e-3)
+    assert float(_pseudo_huber(5.0, 0.05)) == pytest.approx(0.05 * 5.0 - 0.05**2, rel=1e-3)
+
+
+def test_memcpy_golden():
+    hw = load_hardware("h100-sxm")
+    # 1 GB copy moves 2e9 bytes: t = (2e9 + B_half) / (bw · mem_eff) + launch
+    # = (2e9 + 9.27e6) / (3.35e12 · 0.832) + 2.2e-6 = 2.00927e9 / 2.7872e12 + 2.2e-6
+    # = 7.208920e-4 + 2.2e-6 = 7.230920e-4 s (hopper profile, h100 datasheet bandwidth)
+    assert float(memcpy_time_s(hw, 1e9)) == pytest.approx(7.230920e-4, rel=1e-5)
+    g = jax.grad(lambda b: memcpy_time_s(hw, b))(0.0)
+    assert np.isfinite(float(g))
+
+
+def test_holdout_split_by_shape_group():
+    cols = _synthetic_table(noise=0.0)
+    gid = shape_groups(cols)
+    # GEMM groups are (dtype, n, k): 2 x 5; memcpy rows are one group
+    assert len(np.unique(gid[cols["op"] == "gemm"])) == 10
+    assert len(np.unique(gid[cols["op"] == "memcpy"])) == 1
+    train = holdout_split(cols, 0.4, seed=3)
+    for g in np.unique(gid):
+        assert len(np.unique(train[gid == g])) == 1  # a group is never split
+    # 0.4 of the 5 groups per (op, dtype) = 2 held out each; the single memcpy group stays
+    for dt in ("bf16", "fp8"):
+        sel = (cols["op"] == "gemm") & (cols["dtype"] == dt)
+        assert len(np.unique(gid[sel & ~train])) == 2
+    assert train[cols["op"] == "memcpy"].all()
+    assert (holdout_split(cols, 0.4, seed=3) == train).all()
+    assert any(not (holdout_split(cols, 0.4, seed=s) == train).all() for s in range(4, 9))
+    assert holdout_split(cols, 0.0).all()
+
+
+def test_holdout_errors_reported(clean_fit):
+    cols, _ = clean_fit
+    res = fit_efficiency(load_hardware("h100-sxm"), cols, FitConfig(steps=300, holdout=0.4))
+    assert (~res.train_mask).sum() > 0
+    # the model is exact up to 1% noise, so unseen shapes are predicted as well as seen ones
+    for r in res.holdout_errors:
+        assert r["median_abs_rel_err"] < 0.03
+
+
+def test_bootstrap_spread(clean_fit):
+    cols, _ = clean_fit
+    res = fit_efficiency(
+        load_hardware("h100-sxm"), cols, FitConfig(steps=150, bootstrap=3, families=("gemm",))
+    )
+    for p in res.params:
+        assert p.bootstrap_std is not None and np.isfinite(p.bootstrap_std)
+
+
+def test_preset_roundtrip(clean_fit, tmp_path):
+    cols, res = clean_fit
+    path = tmp_path / "fitted.toml"
+    path.write_text(preset_toml(res, "h100-sxm", "fitted", ["test"]))
+    hw = load_hardware(path)
+    assert hw.name == "fitted"
+    np.testing.assert_allclose(predict_table(hw, cols), predict_table(res.hw, cols), rtol=1e-6)
+    # untouched families and peaks come from the inherited preset
+    base = load_hardware("h100-sxm")
+    assert float(hw.accel.eff.attention.decode_mem_eff) == float(
+        base.accel.eff.attention.decode_mem_eff
+    )
+    assert float(hw.accel.peak_bf16_flop_per_s) == float(base.accel.peak_bf16_flop_per_s)
+
+
+def test_fit_errors():
+    cols = _synthetic_table(noise=0.0)
+    with pytest.raises(CalibrationError, match="attention"):
+        fit_efficiency(load_hardware("h100-sxm"), cols, FitConfig(families=("attention",)))
+    with pytest.raises(CalibrationError, match="holdout"):
+        FitConfig(holdout=1.0)
+    with pytest.raises(CalibrationError, match="nonsense"):
+        FitConfig(families=("nonsense",))
+    two = {k: np.concatenate([v, v]) for k, v in cols.items()}
+    two["device"] = np.array(["a"] * len(cols["op"]) + ["b"] * len(cols["op"]))
+    with pytest.raises(CalibrationError, match="--device"):
+        rows_for_device(two, "h100-sxm")
+    sub, dev = rows_for_device(two, "h100-sxm", "b")
+    assert dev == "b" and len(sub["op"]) == len(cols["op"])
+
+
+def _write(tmp_path, cols, name="synthetic.csv"):
+    p = tmp_path / name
+    lat = cols["latency_s"]
+    write_csv(p, {k: v for k, v in cols.items() if k != "latency_s"}, {"latency_s": lat})
+    return p
+
+
+def test_cli_calibrate_then_use_everywhere(clean_fit, tmp_path, capsys):
+    cols, _ = clean_fit
+    csv_path = _write(tmp_path, cols)
+    out = tmp_path / "my.toml"
+    rc = main(
+        [
+            "calibrate",
+            "--hardware",
+            "h100-sxm",
+            "--input",
+            str(csv_path),
+            "--output",
+            str(out),
+            "--holdout",
+            "0.2",
+            "--steps",
+            "300",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["rows_holdout"] > 0 and rep["holdout"]["worst_group_median_abs_rel_err"] < 0.03
+    names = {p["name"]: p for p in rep["params"]}
+    assert names["compute_eff_bf16"]["value"] == pytest.approx(0.70, rel=0.05)
+    # the written preset works as --hardware in other commands
+    assert main(["validate", "--hardware", str(out), "--input", str(csv_path), "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert max(g["median_abs_rel_err"] for g in groups) < 0.03
+    rc = main(["estimate", "--hardware", str(out), "--model", "llama-3.1-8b", "--json"])
+    assert rc == 0
+    capsys.readouterr()
+    # human-readable output names train and held-out columns
+    assert (
+        main(
+            [
+                "calibrate",
+                "--hardware",
+                "h100-sxm",
+                "--input",
+                str(csv_path),
+                "--output",
+                str(out),
+                "--steps",
+                "50",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "held |err|" in text and "compute_eff_bf16" in text
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda L: L.__setitem__(3, L[3].rsplit(",", 1)[0] + ",-1e-05"), r"synthetic\.csv:4: "),
+        (lambda L: L.__setitem__(0, L[0].replace(",k,", ",kk,")), r"needs column 'k'"),
+        (lambda L: L.__setitem__(5, L[5].replace(",bf16,", ",bf16,x")), r"synthetic\.csv:6"),
+    ],
+    ids=["negative-latency", "missing-column", "bad-number"],
+)
+def test_cli_corrupted_rows_name_file_and_line(clean_fit, tmp_path, capsys, edit, match):
+    cols, _ = clean_fit
+    p = _write(tmp_path, cols)
+    lines = p.read_text().splitlines()
+    edit(lines)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TableError, match=match):
+        read_kernel_csv(p)
+    rc = main(
+        [
+            "calibrate",
+            "--hardware",
+            "h100-sxm",
+            "--input",
+            str(p),
+            "--output",
+            str(tmp_path / "x.toml"),
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffperf: error: ") and "synthetic.csv" in err
+
+
+def test_cli_bad_hardware_and_device(clean_fit, tmp_path, capsys):
+    cols, _ = clean_fit
+    p = _write(tmp_path, cols)
+    assert (
+        main(
+            [
+                "calibrate",
+                "--hardware",
+                "nope-9000",
+                "--input",
+                str(p),
+                "--output",
+                str(tmp_path / "x.toml"),
+            ]
+        )
+        == 2
+    )
+    assert "nope-9000" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "calibrate",
+                "--hardware",
+                "h100-sxm",
+                "--device",
+                "zzz",
+                "--input",
+                str(p),
+                "--output",
+                str(tmp_path / "x.toml"),
+            ]
+        )
+        == 2
+    )
+    assert "zzz" in capsys.readouterr().err
