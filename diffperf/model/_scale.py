@@ -8,7 +8,8 @@ family rule so that "what would serving a 10T-parameter model of this kind need?
   count (Llama-3.1 keeps 8 KV heads from 8B to 405B), so the query groups grow;
 - depth: ``num_layers`` (and the dense-prefix and sliding-window layer counts, in proportion)
   by ``a**depth_exponent``;
-- experts (MoE): ``num_experts`` by ``a**expert_exponent`` (top-k and shared experts kept).
+- experts (MoE): ``num_experts`` by ``a**expert_exponent``, a multiple of 8 (top-k and shared
+  experts kept).
 
 With parameters roughly ``L · d²``, the count grows like ``a**(2 + depth_exponent)``.
 The default ``depth_exponent = 1.0`` reproduces the dense Llama-3.1 family: scaling
@@ -16,7 +17,7 @@ Llama-3.1-8B (d 4096, 32 heads, 32 layers, FFN 14336) to 405B parameters gives d
 128 heads, 124 layers, FFN 54160, against the released 405B's 16384 / 128 / 126 / 53248
 (tests/test_project.py). Kaplan et al. (2020, fig. 5) found the loss nearly flat over a wide
 range of aspect ratios, so the split stays a modelling choice. ``a`` is found by
-bisection on the exact count of the rounded architecture (heads integer and a multiple of the
+bisection on the exact count of the rounded architecture (heads a multiple of 8 and of the
 KV heads, layers integer, FFN widths multiples of 128), then the FFN (or expert) width is
 solved for exactly and rounded to a multiple of 16, so the result is within
 ``3 · 16 · d · L · experts`` parameters (< 0.5%) of the target.
@@ -45,8 +46,11 @@ def _scaled(spec: ModelSpec, a: float, depth_exponent: float, expert_exponent: f
     heads0 = _f(spec.num_heads)
     kvh = _f(spec.num_kv_heads)
     head_dim = _f(spec.head_dim)
-    # heads: a multiple of the KV heads for GQA (so TP can split both), else any integer
-    step = kvh if spec.attention == "gqa" and kvh < heads0 else 1.0
+    # heads: a multiple of 8 (tensor parallelism over an 8-GPU node splits them) and, for
+    # GQA, of the KV heads (each query group keeps one KV head)
+    step = 8.0 if heads0 >= 8 else 1.0
+    if spec.attention == "gqa" and kvh < heads0:
+        step = float(math.lcm(int(step), int(kvh)))
     heads = _round_to(heads0 * a, step)
     if spec.attention == "gqa" and kvh >= heads0:  # MHA stays MHA
         kvh_new = heads
@@ -64,7 +68,9 @@ def _scaled(spec: ModelSpec, a: float, depth_exponent: float, expert_exponent: f
         dense = min(dense, layers - 1.0)
     sliding = min(layers, float(round(_f(spec.num_sliding_layers) * depth)))
     experts0 = _f(spec.num_experts)
-    experts = float(max(1, round(experts0 * a**expert_exponent))) if spec.has_moe else experts0
+    experts = experts0
+    if spec.has_moe and expert_exponent > 0:  # a multiple of 8 so expert parallelism splits them
+        experts = _round_to(experts0 * a**expert_exponent, 8.0 if experts0 >= 8 else 1.0)
     w = hidden / d0
 
     def width(x):

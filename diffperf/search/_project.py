@@ -201,10 +201,19 @@ def project(
     **Arguments:** the design point; ``direction``: a resource name (scaled alone) or
     ``{resource: exponent}`` (joint: ``x_r = x_r,ref * s**exponent``); ``others``: factor on
     the resources not in ``direction`` (1 = the reference hardware; a large value asks "if the
-    rest were unlimited"); ``lo``/``hi``: the bracket of ``s``.
+    rest were unlimited"); ``lo``/``hi``: the bracket of ``s``; ``constraints``: which of
+    :data:`CONSTRAINTS` to enforce (e.g. ``("tpot",)`` for the bandwidth a TPOT budget needs,
+    as GenZ asks it).
 
-    **Returns:** :class:`Requirement`.
+    **Returns:** :class:`Requirement`; when unreachable, ``ratios`` and ``binding`` are taken
+    at ``hi`` (the constraint that this resource cannot fix).
     """
+    constraints = tuple(constraints)
+    if not constraints:
+        raise SensitivityError("constraints must name at least one of " + ", ".join(CONSTRAINTS))
+    for c in constraints:
+        if c not in CONSTRAINTS:
+            raise SensitivityError(f"constraint = {c!r} must be one of {CONSTRAINTS}")
     if isinstance(direction, str):
         direction = {direction: 1.0}
     direction = _check_direction(direction)

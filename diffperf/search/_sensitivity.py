@@ -161,7 +161,12 @@ def resolve_name(point: Point, name: str) -> str:
     if name in names:
         return name
     root, _, rest = name.partition(".")
-    for cand in (f"{root}.plan.{rest}", f"{root}.{rest}_s", f"{root}.slo.{rest}"):
+    for cand in (
+        f"{root}.plan.{rest}",
+        f"{root}.{rest}_s",
+        f"{root}.slo.{rest}",
+        f"{root}.slo.{rest}_s",
+    ):
         if cand in names:
             return cand
     if root not in ROOTS:

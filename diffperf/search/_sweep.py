@@ -339,7 +339,15 @@ def load_space(path_or_dict, base_dir: Path | None = None) -> SweepSpace:
     dep_table = d.get("deployment", {})
     if not isinstance(dep_table, dict):
         raise SweepError(f"{src}: [deployment] must be a table")
-    dep = build_deployment(d["scheme"].strip().lower(), model, dep_table, f"{src}: deployment")
+    scheme = d["scheme"].strip().lower()
+    if scheme not in SCHEMES:
+        try:
+            scheme = canonical_scheme(scheme)
+        except ValueError:
+            raise SweepError(
+                f"{src}: scheme = {d['scheme']!r} must be one of {', '.join(SCHEMES)}"
+            ) from None
+    dep = build_deployment(scheme, model, dep_table, f"{src}: deployment")
     point = Point(hw, dep, workload, model)
     outputs = d.get("outputs", list(OUTPUTS_DEFAULT))
     if not isinstance(outputs, list) or not outputs:
