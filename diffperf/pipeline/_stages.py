@@ -260,7 +260,7 @@ class KVRetrieval(AbstractStage):
     def _hits(self, tiers: tuple[KVTier, ...]):
         names = [t.name for t in tiers]
         idx = [names.index(n) for n in self.tiers]
-        return [tiers[i] for i in idx]
+        return tuple(tiers[i] for i in idx)
 
     def cost(self, hw, tiers, batch, tau):
         sel = self._hits(tiers)
