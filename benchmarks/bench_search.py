@@ -1,0 +1,134 @@
+"""Gradient search vs the exact grid: wall time and answer quality. Prints one JSON object.
+
+Run: ``python benchmarks/bench_search.py --json`` (x64, as in the tests).
+
+- ``grid_vs_optimize``: DeepSeek-V3 (fp8) on ``--devices`` x H800, chat workload, the
+  ``--scheme`` grid with the default :class:`GridSpace` (``space_size`` designs):
+  ``grid_first_s`` / ``grid_s`` (first call including compilation / second call) and
+  ``optimize_first_s`` / ``optimize_s`` (same), the ratios ``optimize_s / grid_s`` after
+  compilation and ``optimize_first_s / grid_first_s`` including it, the grid optimum and the
+  optimiser's rounded answer (tokens/s/device) and their ratio, and how many designs the
+  optimiser evaluated exactly.
+- ``hardware_search``: DeepSeek-V3.2 on ``--hw-devices`` devices, aggregated, tokens per
+  dollar, with ``flops``, ``hbm_bandwidth``, ``hbm_capacity`` and ``scaleup_bandwidth``
+  searched at ``--resolution`` levels each (``hardware_points``) times the deployment table
+  (``deployments``): ``space_size`` points, ``first_s`` (including compilation) and ``s``
+  (second call, another seed), the answer and whether it meets the SLOs.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+from diffperf.deploy import load_workload  # noqa: E402
+from diffperf.hardware import load_hardware  # noqa: E402
+from diffperf.model import load_model  # noqa: E402
+from diffperf.search import GridSpace, grid_search  # noqa: E402
+from diffperf.search._objective import make_objective  # noqa: E402
+from diffperf.search._optimize import OptimizeSettings, optimize_scheme  # noqa: E402
+from diffperf.search._relax import HardwareSpace  # noqa: E402
+
+
+def grid_vs_optimize(scheme: str, n: int, starts: int, steps: int) -> dict:
+    model = load_model("deepseek-v3")
+    hw = load_hardware("h800")
+    w = load_workload("chat")
+    space = GridSpace()
+    out: dict = {"model": model.name, "hardware": hw.name, "devices": n, "scheme": scheme}
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        g = grid_search(hw, model, n, w, [scheme], space)[scheme]
+        times.append(time.perf_counter() - t0)
+    out["space_size"] = g.table.size
+    out["grid_first_s"], out["grid_s"] = times
+    best = float(g.metrics.throughput_tok_s_per_device[g.best]) if g.best is not None else None
+    out["grid_best_tok_s_per_device"] = best
+    times, res = [], []
+    for seed in (0, 1):
+        s = OptimizeSettings(starts=starts, steps=steps, seed=seed)
+        t0 = time.perf_counter()
+        r = optimize_scheme(hw, model, n, w, scheme, space, settings=s)
+        times.append(time.perf_counter() - t0)
+        res.append(r)
+    out["optimize_first_s"], out["optimize_s"] = times
+    out["optimize_tok_s_per_device"] = [r.objective for r in res]
+    out["optimize_meets_slo"] = [r.meets_slo for r in res]
+    out["optimize_over_grid_best"] = [r.objective / best if best else None for r in res]
+    out["evaluated_exactly"] = [r.evaluated for r in res]
+    out["ratio_after_compile"] = out["optimize_s"] / out["grid_s"]
+    out["ratio_including_compile"] = out["optimize_first_s"] / out["grid_first_s"]
+    out["settings"] = {"starts": starts, "steps": steps}
+    return out
+
+
+def hardware_search(n: int, resolution: int, starts: int, steps: int) -> dict:
+    model = load_model("deepseek-v3.2")
+    hw = load_hardware("h100-sxm")
+    w = load_workload("chat")
+    space = GridSpace(batch_ladder=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+    params = ("flops", "hbm_bandwidth", "hbm_capacity", "scaleup_bandwidth")
+    hs = HardwareSpace.make(params, None, resolution)
+    obj = make_objective("tokens-per-dollar")
+    times, res = [], []
+    for seed in (0, 1):
+        s = OptimizeSettings(starts=starts, steps=steps, seed=seed)
+        t0 = time.perf_counter()
+        r = optimize_scheme(hw, model, n, w, "aggregated", space, obj, hs, s)
+        times.append(time.perf_counter() - t0)
+        res.append(r)
+    r = res[0]
+    return {
+        "model": model.name,
+        "base_hardware": hw.name,
+        "devices": n,
+        "scheme": "aggregated",
+        "objective": obj.kind,
+        "params": list(params),
+        "resolution": resolution,
+        "hardware_points": hs.size,
+        "deployments": r.space.table.size,
+        "space_size": r.space_size,
+        "first_s": times[0],
+        "s": times[1],
+        "tok_per_usd": [x.objective for x in res],
+        "meets_slo": [x.meets_slo for x in res],
+        "hardware": [x.hardware for x in res],
+        "deployment": r.deployment(),
+        "evaluated_exactly": [x.evaluated for x in res],
+        "settings": {"starts": starts, "steps": steps},
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scheme", default="disaggregated")
+    ap.add_argument("--devices", type=int, default=64)
+    ap.add_argument("--hw-devices", type=int, default=16)
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--starts", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--skip", default="", help="comma list: grid, hardware")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    out: dict = {"cpu_count": os.cpu_count()}
+    if "grid" not in skip:
+        out["grid_vs_optimize"] = grid_vs_optimize(
+            args.scheme, args.devices, args.starts, args.steps
+        )
+    if "hardware" not in skip:
+        out["hardware_search"] = hardware_search(
+            args.hw_devices, args.resolution, args.starts, args.steps
+        )
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
