@@ -109,8 +109,6 @@ def _table(rows, header) -> str:
 
 
 def cmd_calibrate(args) -> int:
-    import jax
-
     from .calibrate import concat_tables, read_kernel_csv
     from .calibrate._fit import FitConfig, fit_efficiency, preset_toml, rows_for_device
     from .hardware import load_hardware
@@ -118,7 +116,6 @@ def cmd_calibrate(args) -> int:
 
     if args.holdout >= 1:
         raise ValueError(f"--holdout = {args.holdout} must be below 1")
-    jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
     hw = load_hardware(args.hardware)
     cols = concat_tables([read_kernel_csv(p) for p in args.input])

@@ -2,7 +2,11 @@
 
 Each kernel is a jitted JAX function on the default device. It is compiled, run twice to warm
 up, then timed ``repeats`` times with ``block_until_ready``; the row's ``latency_s`` is the
-median (robust to a noisy shared machine). The wall time therefore includes the per-call
+minimum (plan key ``statistic = "min"``, the default) or the median of those calls. On a shared
+machine other processes only ever add time, and multi-threaded kernels suffer most (one
+descheduled thread stalls the others at the join), so the least-disturbed call is the most
+reproducible figure; kernels are also measured in a seeded random order so that slow drifts
+of the load spread over all shapes. The wall time therefore includes the per-call
 dispatch of JAX, which is this device's "launch" overhead and is what ``launch_s`` fits.
 
 Rows use the measured-kernel schema of ``../shared/data/README.md`` (and ``memcpy``):
@@ -117,8 +121,11 @@ def default_device_name() -> str:
     return "-".join(p for p in slug.split("-") if p)
 
 
-def time_kernel(fn, args, repeats: int, budget_s: float = 0.5, donate: bool = False) -> float:
-    """Median seconds of ``fn(*args)`` over timed calls after compile + two warm-up calls.
+def time_kernel(
+    fn, args, repeats: int, budget_s: float = 0.5, donate: bool = False, statistic: str = "min"
+) -> float:
+    """Seconds of ``fn(*args)`` over timed calls after compile + two warm-up calls: the
+    ``statistic`` (``min`` or ``median``) of the timed calls.
 
     ``donate``: ``fn`` donates its single argument; its output is fed back as the next input.
     At most ``repeats`` calls, fewer when one call is long (about ``budget_s`` in all, at
@@ -141,7 +148,9 @@ def time_kernel(fn, args, repeats: int, budget_s: float = 0.5, donate: bool = Fa
         t = time.perf_counter()
         args = call(args)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    if statistic == "median":
+        return statistics.median(times)
+    return min(times)
 
 
 def _gemm_fn():
@@ -228,68 +237,65 @@ def profile_plan(quick: bool, platform_name: str) -> dict:
     return plan
 
 
-def _rows(device: str, plan: dict, ops, repeats: int | None, key):
-    """Generate measured rows (dicts) for the plan."""
+def _tasks(device: str, plan: dict, ops, repeats: int | None, key):
+    """``[(row, thunk)]``: the row's columns and a function that times it (seconds)."""
     reps = repeats or plan["repeats"]
     budget = plan["budget_s"]
+    stat = plan.get("statistic", "min")
+    tasks = []
     if "memcpy" in ops:
         f = _memcpy_fn()
         for nb in plan["memcpy_bytes"]:
-            x = jnp.ones(nb // 4, jnp.float32)
-            t = time_kernel(f, (x,), reps, budget, donate=True)
-            yield {"device": device, "op": "memcpy", "dtype": "fp32", "bytes": nb, "latency_s": t}
+
+            def run(nb=nb, f=f):
+                x = jnp.ones(nb // 4, jnp.float32)
+                return time_kernel(f, (x,), reps, budget, donate=True, statistic=stat)
+
+            tasks.append(({"op": "memcpy", "dtype": "fp32", "bytes": nb}, run))
     if "gemm" in ops:
         f = _gemm_fn()
         for dt in plan["gemm_dtypes"]:
             for n, k in plan["gemm_nk"]:
-                b = jax.random.normal(key, (k, n), _JNP[dt])
                 for m in plan["gemm_m"]:
                     if 2.0 * m * n * k > plan["gemm_max_flop"]:
                         continue
-                    a = jax.random.normal(key, (m, k), _JNP[dt])
-                    t = time_kernel(f, (a, b), reps, budget)
-                    row = {"device": device, "op": "gemm", "dtype": dt, "m": m, "n": n, "k": k}
-                    yield {**row, "latency_s": t}
-    if "attention_prefill" in ops:
+
+                    def run(m=m, n=n, k=k, dt=dt, f=f):
+                        a = jax.random.normal(key, (m, k), _JNP[dt])
+                        b = jax.random.normal(key, (k, n), _JNP[dt])
+                        return time_kernel(f, (a, b), reps, budget, statistic=stat)
+
+                    tasks.append(({"op": "gemm", "dtype": dt, "m": m, "n": n, "k": k}, run))
+    for op, shapes, lens, make in (
+        ("attention_prefill", "prefill", "prefill_seq", _prefill_fn),
+        ("attention_decode", "decode", "decode_kv", _decode_fn),
+    ):
+        if op not in ops:
+            continue
         for dt in plan["attn_dtypes"]:
-            for bsz, h, hkv, d in plan["prefill"]:
-                f = _prefill_fn(h, hkv)
-                for s in plan["prefill_seq"]:
-                    q = jax.random.normal(key, (bsz, s, h, d), _JNP[dt])
-                    kv = jax.random.normal(key, (bsz, s, hkv, d), _JNP[dt])
-                    t = time_kernel(f, (q, kv, kv), reps, budget)
-                    yield {
-                        "device": device,
-                        "op": "attention_prefill",
+            for bsz, h, hkv, d in plan[shapes]:
+                f = make(h, hkv)
+                for L in plan[lens]:
+
+                    def run(f=f, bsz=bsz, h=h, hkv=hkv, d=d, L=L, dt=dt, op=op):
+                        qshape = (bsz, L, h, d) if op == "attention_prefill" else (bsz, h, d)
+                        q = jax.random.normal(key, qshape, _JNP[dt])
+                        kv = jax.random.normal(key, (bsz, L, hkv, d), _JNP[dt])
+                        return time_kernel(f, (q, kv, kv), reps, budget, statistic=stat)
+
+                    length = {"seq_len": L} if op == "attention_prefill" else {"kv_len": L}
+                    row = {
+                        "op": op,
                         "dtype": dt,
                         "kv_dtype": dt,
                         "batch": bsz,
-                        "seq_len": s,
+                        **length,
                         "num_heads": h,
                         "num_kv_heads": hkv,
                         "head_dim": d,
-                        "latency_s": t,
                     }
-    if "attention_decode" in ops:
-        for dt in plan["attn_dtypes"]:
-            for bsz, h, hkv, d in plan["decode"]:
-                f = _decode_fn(h, hkv)
-                for kvl in plan["decode_kv"]:
-                    q = jax.random.normal(key, (bsz, h, d), _JNP[dt])
-                    kv = jax.random.normal(key, (bsz, kvl, hkv, d), _JNP[dt])
-                    t = time_kernel(f, (q, kv, kv), reps, budget)
-                    yield {
-                        "device": device,
-                        "op": "attention_decode",
-                        "dtype": dt,
-                        "kv_dtype": dt,
-                        "batch": bsz,
-                        "kv_len": kvl,
-                        "num_heads": h,
-                        "num_kv_heads": hkv,
-                        "head_dim": d,
-                        "latency_s": t,
-                    }
+                    tasks.append((row, run))
+    return [({"device": device, **row}, run) for row, run in tasks]
 
 
 def profile_device(
@@ -299,13 +305,16 @@ def profile_device(
     ops=PROFILE_OPS,
     device_name: str | None = None,
     plan: dict | None = None,
+    shuffle_seed: int | None = 0,
 ) -> dict:
     """Measure the default JAX device and write ``output`` (CSV) and ``output.json``.
 
     **Arguments:** ``output`` path; ``quick`` the reduced plan; ``repeats`` timed calls per
     kernel (default from the plan); ``ops`` a subset of ``PROFILE_OPS``; ``device_name`` the
     ``device`` column (default :func:`default_device_name`); ``plan`` overrides
-    :func:`profile_plan` (tests use small plans).
+    :func:`profile_plan` (tests use small plans); ``shuffle_seed`` measures the kernels in
+    a seeded random order (``None``: plan order), so that slow drifts of a shared machine's
+    load spread over all shapes instead of biasing the ones measured last.
 
     **Returns:** ``{"rows": int, "provenance": dict}``.
     """
@@ -313,7 +322,14 @@ def profile_device(
     plan = plan or profile_plan(quick, prov["platform"])
     device = device_name or default_device_name()
     key = jax.random.PRNGKey(0)
-    rows = list(_rows(device, plan, ops, repeats, key))
+    tasks = _tasks(device, plan, ops, repeats, key)
+    order = np.arange(len(tasks))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(tasks))
+    lat = np.zeros(len(tasks))
+    for i in order:
+        lat[i] = tasks[i][1]()
+    rows = [{**row, "latency_s": float(t)} for (row, _), t in zip(tasks, lat)]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", newline="") as f:
