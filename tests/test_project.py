@@ -18,7 +18,7 @@ def setup():
     hw = load_hardware("h100-sxm")
     model = load_model("llama-3.1-8b")
     deploy = StaticBatch(make_plan(model), batch=8.0)
-    w = Workload(isl_tokens=1024.0, osl_tokens=256.0, slo=SLO(ttft_s=0.2, tpot_s=0.005), name="t")
+    w = Workload(isl_tokens=1024.0, osl_tokens=256.0, slo=SLO(ttft_s=0.2, tpot_s=0.005))
     return hw, model, deploy, w
 
 
@@ -122,3 +122,23 @@ def test_scale_errors():
         scale_model(spec, 1e6)
     with pytest.raises(ScaleError, match="depth_exponent"):
         scale_model(spec, 1e12, depth_exponent=-1.0)
+
+
+def test_cli_project_json(setup, capsys):
+    import json
+
+    from diffperf.cli import main
+
+    argv = ["project", "--scheme", "static", "--batch", "8", "--isl", "1024", "--osl", "256"]
+    argv += ["--ttft-slo", "0.2", "--tpot-slo", "0.005"]
+    assert main([*argv, "--resources", "hbm_capacity", "--constraints", "memory", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    q = r["requirements"]["hbm_capacity"]
+    for key in ("factor", "values", "units", "binding", "status", "elasticities"):
+        assert key in q
+    hw, model, deploy, w = setup
+    mem = estimate(hw, model, deploy.plan, 8.0, 1024.0, 256.0).memory
+    assert q["factor"] == pytest.approx(float(mem.total_bytes / mem.capacity_bytes), rel=1e-9)
+    assert q["units"]["hbm_capacity"] == "GB" and q["binding"] == "memory"
+    assert main([*argv, "--resources", "hbm"]) == 2
+    assert "'hbm'" in capsys.readouterr().err

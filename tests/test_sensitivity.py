@@ -28,7 +28,7 @@ def setup():
     hw = load_hardware("h100-sxm")
     model = load_model("llama-3.1-8b")
     deploy = StaticBatch(make_plan(model), batch=1.0)
-    w = Workload(isl_tokens=1024.0, osl_tokens=128.0, name="t")
+    w = Workload(isl_tokens=1024.0, osl_tokens=128.0, name="custom")  # as the CLI builds it
     return hw, model, deploy, w
 
 
@@ -175,3 +175,23 @@ def test_aggregated_elasticities_match_central_differences():
             - jnp.log(f(set_values(point, {name: x * np.exp(-h)})))
         ) / (2 * h)
         assert el[name] == pytest.approx(float(fd), rel=2e-3, abs=1e-5), name
+
+
+def test_cli_sensitivity_json(setup, tpot_el, capsys, tmp_path):
+    import json
+
+    from diffperf.cli import main
+
+    png = tmp_path / "tornado.png"
+    argv = ["sensitivity", "--scheme", "static", "--batch", "1", "--isl", "1024", "--osl", "128"]
+    assert main([*argv, "--top", "5", "--plot", str(png), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("model", "hardware", "metric", "metric_value", "resources", "elasticities"):
+        assert key in r
+    assert len(r["elasticities"]) == 5 and png.stat().st_size > 0
+    assert r["metric_value"] == pytest.approx(tpot_el.metric_value, rel=1e-12)
+    assert r["resources"]["hbm_bw"] == pytest.approx(tpot_el.resources["hbm_bw"], rel=1e-9)
+    assert main([*argv, "--metric", "latency"]) == 2
+    assert "'latency' is not a metric" in capsys.readouterr().err
+    assert main([*argv, "--set", "tp"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
