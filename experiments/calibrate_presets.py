@@ -11,10 +11,11 @@ errors to ``experiments/out/calibrate_holdout_<device>.json``.
 The CPU preset ``hardware_presets/devices/epyc-genoa-2vcpu.toml`` is calibrated the same way
 from ``calibration_data/profiles/epyc-genoa-2vcpu.csv`` (a ``diffperf profile`` run on the
 project's CI machine): its ``[efficiency.*]`` tables are pasted from
-``experiments/out/epyc-genoa-2vcpu-fit.toml`` written here.
+``experiments/out/epyc-genoa-2vcpu-fit.toml`` written here. ``h200-sxm-calibrated.toml`` and
+``gb200-calibrated.toml`` carry the H100 / B200 fits over to those spec-sheet devices
+(``TRANSFERS``).
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -49,6 +50,44 @@ def calibrate(device: str, output: Path, holdout: float = 0.0) -> int:
     return main(args)
 
 
+# Spec-sheet devices that share an architecture (and kernels) with a calibrated one: the
+# fitted fractions/latencies transfer, the peaks and bandwidths are the target's own.
+TRANSFERS = {
+    "h200-sxm": (
+        "h100-sxm",
+        "H200 = H100 silicon (same 132 SMs, clocks and kernels) with 141 GB HBM3e at 4.8 TB/s: "
+        "compute fractions and launch/latency terms transfer unchanged; memory fractions are "
+        "assumed equal (same memory controller, faster stacks).",
+    ),
+    "gb200": (
+        "b200-sxm",
+        "GB200 = two B200-class dies per package at a higher power limit (own peaks in the "
+        "gb200 preset): fractions of peak and kernel latencies transfer from B200; the "
+        "NVL72 fabric's own latency/bandwidth figures come from the gb200 preset, the "
+        "collective fractions from the 8-GPU B200 fit.",
+    ),
+}
+
+
+def transfer(source_toml: Path, target: str, note: str, output: Path) -> None:
+    """Write ``output``: ``inherit = target`` plus the fitted ``[efficiency.*]`` of source."""
+    import tomllib
+
+    raw = tomllib.loads(source_toml.read_text())
+    lines = [
+        f"# Calibrated efficiency TRANSFERRED from {source_toml.name} (fitted on measured "
+        f"{raw['inherit']} tables) to {target}, which has only a spec sheet here.",
+        f"# {note}",
+        "# Regenerate: python -m experiments.calibrate_presets",
+        f'name = "{target}-calibrated"',
+        f'inherit = "{target}"',
+    ]
+    for fam, table in raw.get("efficiency", {}).items():
+        lines += ["", f"[efficiency.{fam}]"]
+        lines += [f"{k} = {float(v)!r}" for k, v in table.items()]
+    output.write_text("\n".join(lines) + "\n")
+
+
 def main_script(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     OUT.mkdir(parents=True, exist_ok=True)
@@ -66,6 +105,11 @@ def main_script(argv=None) -> int:
         rc = calibrate(dev, ROOT / "hardware_presets" / "devices" / f"{dev}-calibrated.toml")
         if rc:
             return rc
+    dev_dir = ROOT / "hardware_presets" / "devices"
+    for target, (src, note) in TRANSFERS.items():
+        transfer(
+            dev_dir / f"{src}-calibrated.toml", target, note, dev_dir / f"{target}-calibrated.toml"
+        )
     prof = ROOT / "calibration_data" / "profiles" / "epyc-genoa-2vcpu.csv"
     if prof.exists():
         rc = main(
@@ -79,7 +123,6 @@ def main_script(argv=None) -> int:
                 str(OUT / "epyc-genoa-2vcpu-fit.toml"),
             ]
         )
-    json.dumps({})
     return rc
 
 

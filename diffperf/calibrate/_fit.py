@@ -199,6 +199,9 @@ class FitConfig:
     - ``seed``: RNG seed of the held-out split and the bootstrap.
     - ``bootstrap``: number of shape-group resamples for a resampling uncertainty (0 = off).
     - ``families``: families to fit (``None`` = every family present in the input).
+    - ``joint``: fit all families at once on all rows; default (``False``) fits them in the
+      order gemm, attention, moe, comm, each on its own ops' rows, later ones on top of the
+      earlier fits (an MoE layer then uses the GEMM fractions its GEMM rows gave).
     """
 
     steps: int = 400
@@ -209,6 +212,7 @@ class FitConfig:
     seed: int = 0
     bootstrap: int = 0
     families: tuple[str, ...] | None = None
+    joint: bool = False
 
     def __post_init__(self):
         if self.steps < 1:
@@ -446,33 +450,12 @@ def _group_weights(cols, mask) -> np.ndarray:
     return w
 
 
-def fit_efficiency(
-    hw: Hardware, cols: dict[str, np.ndarray], config: FitConfig = FitConfig()
-) -> CalibrationResult:
-    """Fit ``hw``'s efficiency parameters to the measured rows ``cols`` (one device).
+def _fit_block(hw: Hardware, cols, train, families, config: FitConfig):
+    """Fit the parameters of ``families`` to the rows ``cols`` (``train`` mask), jointly.
 
-    ``hw`` supplies the peaks, bandwidths and the prior efficiency values (the start of the
-    fit); ``cols`` comes from :func:`read_kernel_csv` (all rows are taken to be measured on
-    ``hw``). Only the families of the ops present are fitted (``OP_FAMILY``). See the module
-    docstring for parameters, loss, split and uncertainty.
-
-    Raises :class:`CalibrationError` for an empty table or a family without rows.
+    Returns ``(fitted_hw, params, unconstrained, loss_history, timings)``.
     """
     n = len(cols["op"])
-    if n == 0:
-        raise CalibrationError("the measured table has no rows")
-    ops = [str(o) for o in np.unique(cols["op"])]
-    present = tuple(fam for fam in FIT_FIELDS if any(OP_FAMILY[o] == fam for o in ops))
-    families = config.families if config.families is not None else present
-    missing = [f for f in families if f not in present]
-    if missing:
-        raise CalibrationError(
-            f"families {missing} have no rows in the input (ops present: {', '.join(ops)})"
-        )
-    if not families:
-        raise CalibrationError(f"no efficiency family to fit from ops {', '.join(ops)}")
-
-    train = holdout_split(cols, config.holdout, config.seed)
     meas = np.asarray(cols["latency_s"], dtype=float)
     groups = _traced_groups(cols)
 
@@ -562,11 +545,65 @@ def fit_efficiency(
         )
 
     fitted = _with_params(hw, names, jnp.asarray(values))
+    return (
+        fitted,
+        params,
+        unconstrained,
+        np.asarray(hist, dtype=float),
+        {
+            "fit": t_fit,
+            "uncertainty": t_unc,
+        },
+    )
+
+
+def fit_efficiency(
+    hw: Hardware, cols: dict[str, np.ndarray], config: FitConfig = FitConfig()
+) -> CalibrationResult:
+    """Fit ``hw``'s efficiency parameters to the measured rows ``cols`` (one device).
+
+    ``hw`` supplies the peaks, bandwidths and the prior efficiency values (the start of the
+    fit); ``cols`` comes from :func:`read_kernel_csv` (all rows are taken to be measured on
+    ``hw``). Only the families of the ops present are fitted (``OP_FAMILY``). See the module
+    docstring for parameters, loss, split and uncertainty.
+
+    Raises :class:`CalibrationError` for an empty table or a family without rows.
+    """
+    n = len(cols["op"])
+    if n == 0:
+        raise CalibrationError("the measured table has no rows")
+    ops = [str(o) for o in np.unique(cols["op"])]
+    present = tuple(fam for fam in FIT_FIELDS if any(OP_FAMILY[o] == fam for o in ops))
+    families = config.families if config.families is not None else present
+    missing = [f for f in families if f not in present]
+    if missing:
+        raise CalibrationError(
+            f"families {missing} have no rows in the input (ops present: {', '.join(ops)})"
+        )
+    if not families:
+        raise CalibrationError(f"no efficiency family to fit from ops {', '.join(ops)}")
+
+    train = holdout_split(cols, config.holdout, config.seed)
+    if config.joint:
+        blocks = [(tuple(families), np.ones(n, dtype=bool))]
+    else:
+        ops_col = cols["op"].astype(str)
+        blocks = [((fam,), np.array([OP_FAMILY[o] == fam for o in ops_col])) for fam in families]
+    fitted, params, unconstrained, hists = hw, [], [], []
+    timings = {"fit": 0.0, "uncertainty": 0.0}
+    from ._tables import select_rows
+
+    for fams, rows in blocks:
+        fitted, p, u, h, t = _fit_block(fitted, select_rows(cols, rows), train[rows], fams, config)
+        params += p
+        unconstrained += u
+        hists.append(h)
+        for k in timings:
+            timings[k] += t[k]
+    hist = np.sum(hists, axis=0)
     pred = predict_table(fitted, cols)
     pred0 = predict_table(hw, cols)
     keys = ("device", "op", "dtype")
-    from ._tables import select_rows
-
     train_err = error_table(select_rows(cols, train), pred[train], keys) if train.any() else []
     hold_err = error_table(select_rows(cols, ~train), pred[~train], keys) if (~train).any() else []
     return CalibrationResult(
@@ -578,8 +615,8 @@ def fit_efficiency(
         train_errors=train_err,
         holdout_errors=hold_err,
         prior_errors=error_table(cols, pred0, keys),
-        loss_history=np.asarray(hist, dtype=float),
-        timings_s={"fit": t_fit, "uncertainty": t_unc},
+        loss_history=hist,
+        timings_s=timings,
     )
 
 

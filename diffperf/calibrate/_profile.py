@@ -218,7 +218,7 @@ def profile_plan(quick: bool, platform_name: str) -> dict:
                 (4096, 4096),
             ),
             "gemm_m": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
-            "gemm_max_flop": 2e10 if not gpu else 1e13,
+            "gemm_max_flop": 4e9 if not gpu else 1e13,
             "attn_dtypes": ("fp32",) if not gpu else ("bf16",),
             "prefill": ((1, 8, 8, 64), (2, 8, 2, 64), (1, 16, 4, 128), (4, 4, 4, 64)),
             "prefill_seq": (64, 128, 256, 512, 1024),
