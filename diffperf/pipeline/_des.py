@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._pipeline import Pipeline, PipelineError, _iteration_level, evaluate, topo_order
-from ._stages import AgentLoop, Decode
+from ._stages import AgentLoop
 
 
 @dataclasses.dataclass
@@ -85,8 +85,6 @@ def simulate(
         st = stages[s]
         stage_t[s][0] += t - enter[s].pop(r)
         stage_t[s][1] += 1
-        if st.first_token and np.isnan(t_first[r]):
-            pass
         push(t + st.idle_s, "next", s, r)
 
     enter = [dict() for _ in range(ns)]
@@ -216,11 +214,12 @@ def simulate(
     }
 
 
-def sim_stages(p: Pipeline) -> tuple[list[SimStage], dict, int]:
+def sim_stages(p: Pipeline, result=None) -> tuple[list[SimStage], dict, int]:
     """SimStages of a concrete pipeline: service tables from the stages' cost functions at
     every integer batch ``1..B`` on one instance (times the contention factor the analytical
-    model found at the operating point). Instances and batch sizes must be integers."""
-    r = evaluate(p)
+    model found at the operating point; pass its ``result`` to skip re-evaluating ``p``).
+    Instances and batch sizes must be integers."""
+    r = evaluate(p) if result is None else result
     out = []
     for i, s in enumerate(p.stages):
         c = float(np.asarray(r.instances[i]))
@@ -273,6 +272,3 @@ def simulate_pipeline(p: Pipeline, n_requests: int = 20000, seed: int = 0, rate=
     stages, routes, entry = sim_stages(p)
     lam = float(np.asarray(p.arrival_rate_per_s)) if rate is None else float(rate)
     return simulate(stages, routes, entry, lam, n_requests, seed)
-
-
-__all__ = ["SimStage", "simulate", "sim_stages", "simulate_pipeline", "Decode"]
