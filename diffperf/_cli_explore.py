@@ -297,7 +297,37 @@ def _axis_spec(item: str):
         ) from None
 
 
+def _init_distributed() -> None:
+    """``jax.distributed.initialize`` from the launch environment, before the backend starts
+    (the logic of ``diffperf.search._sweep.multiprocess_launch``, without importing the model
+    layers, whose import starts the backend)."""
+    import os
+
+    import jax
+    from jax._src import xla_bridge
+
+    env = os.environ
+    keys = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    explicit = all(k in env for k in keys)
+    implicit = env.get("SLURM_NTASKS", "1") not in ("", "1") or env.get(
+        "OMPI_COMM_WORLD_SIZE", "1"
+    ) not in ("", "1")
+    if not (explicit or implicit) or jax.distributed.is_initialized():
+        return
+    if xla_bridge.backends_are_initialized():
+        return  # maybe_initialize_distributed raises the explanatory error
+    if explicit:
+        try:
+            n, k = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+        except ValueError:
+            return  # reported by maybe_initialize_distributed
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], n, k)
+    else:
+        jax.distributed.initialize()
+
+
 def sweep_report(args) -> dict:
+    _init_distributed()  # before the imports below start the JAX backend
     from .search._sweep import load_space, maybe_initialize_distributed, run_sweep
 
     pidx, pcount = maybe_initialize_distributed()

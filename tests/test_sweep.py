@@ -145,3 +145,70 @@ def test_sharded_over_four_host_devices_equals_single_device(tmp_path):
     assert np.all(cols["tpot_s"][~tp1] < cols["tpot_s"][tp1])
     # feasibility flag is the TPOT SLO (10 ms) here; TTFT has no SLO and memory fits
     np.testing.assert_array_equal(cols["feasible"], (cols["tpot_s"] <= 0.01).astype(float))
+
+
+def test_late_distributed_launch_is_a_clear_error(monkeypatch):
+    import jax
+
+    from diffperf.search._sweep import maybe_initialize_distributed, multiprocess_launch
+
+    jax.devices()  # the backend is up in this process
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    assert multiprocess_launch()["num_processes"] == 2
+    with pytest.raises(SweepError, match="before importing diffperf"):
+        maybe_initialize_distributed()
+    monkeypatch.setenv("JAX_PROCESS_ID", "first")
+    with pytest.raises(SweepError, match="must be integers"):
+        multiprocess_launch()
+
+
+_PROCESS = textwrap.dedent(
+    """
+    import json, os, sys
+    import jax
+    jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))  # before importing diffperf
+    jax.config.update("jax_enable_x64", True)
+    from diffperf.search._sweep import load_space, maybe_initialize_distributed, run_sweep
+    assert maybe_initialize_distributed() == (int(sys.argv[2]), 2)
+    r = run_sweep(load_space(sys.argv[3]), sys.argv[4])
+    print(json.dumps({k: r[k] for k in ("points", "process", "chunks", "output", "devices")}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_chunks(tmp_path):
+    # jax.distributed on localhost: 2 processes x 2 host devices; each takes every other chunk
+    # and writes its own part file; together they hold exactly the single-process rows
+    import socket
+
+    space_path = _write(tmp_path, SPACE.replace("chunk = 8", "chunk = 4"))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = tmp_path / "out.csv"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROCESS, f"localhost:{port}", str(k), space_path, str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
+    reps = []
+    for p in procs:
+        so, se = p.communicate(timeout=600)
+        assert p.returncode == 0, se[-2000:]
+        reps.append(json.loads(so.strip().splitlines()[-1]))
+    assert [r["chunks"] for r in reps] == [2, 1] and sum(r["points"] for r in reps) == 12
+    parts = [np.loadtxt(r["output"], delimiter=",", skiprows=1) for r in reps]
+    got = np.concatenate(parts)
+    one = run_sweep(load_space(space_path), tmp_path / "one.csv")
+    want = np.loadtxt(one["output"], delimiter=",", skiprows=1)
+    key = lambda a: a[np.lexsort(a[:, :3].T)]
+    np.testing.assert_allclose(key(got), key(want), rtol=1e-8)

@@ -31,7 +31,11 @@ devices with ``NamedSharding`` (leading axis split) and evaluated by ONE compile
 When JAX runs multi-process (``jax.distributed``: the ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` environment variables, or a SLURM/Open MPI launch that
 JAX detects), process ``k`` of ``n`` evaluates chunks ``k, k+n, ...`` on its own devices and
-writes its own part file. Output: CSV (always) or Parquet (when ``pyarrow`` is importable);
+writes its own part file ``<stem>.part<k>-of-<n><suffix>``. ``diffperf sweep`` initialises
+``jax.distributed`` from those variables before it imports the model layers (their defaults
+are JAX arrays, which start the backend); a script calls ``jax.distributed.initialize()``
+before importing diffperf (tests/test_sweep.py runs 2 processes x 2 host devices).
+Output: CSV (always) or Parquet (when ``pyarrow`` is importable);
 one row per point, the axis values then the outputs and ``feasible``.
 """
 
@@ -384,34 +388,61 @@ def load_space(path_or_dict, base_dir: Path | None = None) -> SweepSpace:
 # --------------------------------------------------------------------------------------------
 
 
-def maybe_initialize_distributed() -> tuple[int, int]:
-    """Start ``jax.distributed`` when launched multi-process; returns ``(index, count)``.
+def multiprocess_launch() -> dict | None:
+    """Keyword arguments for ``jax.distributed.initialize`` when the environment says this is
+    one process of several, else None.
 
     Explicit: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``.
     Implicit: SLURM (``SLURM_NTASKS`` > 1) or Open MPI (``OMPI_COMM_WORLD_SIZE`` > 1), whose
-    variables ``jax.distributed.initialize()`` reads itself.
+    variables ``jax.distributed.initialize()`` reads itself (empty dict).
     """
     env = os.environ
-    explicit = all(
-        k in env for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-    )
-    implicit = (
-        int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    )
-    if (explicit or implicit) and not _DIST_STARTED:
-        if explicit:
-            jax.distributed.initialize(
-                coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                num_processes=int(env["JAX_NUM_PROCESSES"]),
-                process_id=int(env["JAX_PROCESS_ID"]),
-            )
-        else:
-            jax.distributed.initialize()
-        _DIST_STARTED.append(True)
+    keys = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    if all(k in env for k in keys):
+        try:
+            return {
+                "coordinator_address": env["JAX_COORDINATOR_ADDRESS"],
+                "num_processes": int(env["JAX_NUM_PROCESSES"]),
+                "process_id": int(env["JAX_PROCESS_ID"]),
+            }
+        except ValueError:
+            raise SweepError(
+                f"JAX_NUM_PROCESSES = {env['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID = "
+                f"{env['JAX_PROCESS_ID']!r} must be integers"
+            ) from None
+    try:
+        if int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+            return {}
+    except ValueError:
+        return None
+    return None
+
+
+def maybe_initialize_distributed() -> tuple[int, int]:
+    """Start ``jax.distributed`` when launched multi-process; returns ``(index, count)``.
+
+    ``jax.distributed.initialize`` must run before the JAX backend starts, i.e. before
+    diffperf's model layers are imported (their defaults are JAX arrays): a script calls
+    ``jax.distributed.initialize()`` first, then imports diffperf; ``diffperf sweep`` does it
+    before its imports. Called late, this raises :class:`SweepError` saying so (never a
+    half-initialised run that silently evaluates every chunk in every process).
+    """
+    if jax.distributed.is_initialized():
+        return jax.process_index(), jax.process_count()
+    kw = multiprocess_launch()
+    if kw is None:
+        return jax.process_index(), jax.process_count()
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise SweepError(
+            "this process was launched as one of several (JAX_COORDINATOR_ADDRESS/"
+            "JAX_NUM_PROCESSES/JAX_PROCESS_ID, SLURM or Open MPI) but the JAX backend was "
+            "already started by an earlier import, so jax.distributed cannot be initialised; "
+            "call jax.distributed.initialize() before importing diffperf"
+        )
+    jax.distributed.initialize(**kw)
     return jax.process_index(), jax.process_count()
-
-
-_DIST_STARTED: list = []
 
 
 @eqx.filter_jit
