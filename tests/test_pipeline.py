@@ -77,13 +77,24 @@ def test_static_batch_golden(cpu_engine):
 
 def test_window_batch_golden(cpu_engine):
     # 20 ms window, at most 8, 4 lanes, 100/s: lam W = 2 -> mean non-empty batch
-    # 2 / (1 - e^-2) = 2.3130 (< 4 lanes, so S = 10 ms); periodic batches with deterministic
-    # service do not queue (SCVs 0): latency = W/2 + S = 20 ms. Capacity 8 / S(8) = 400/s.
+    # b = 2 / (1 - e^-2) = 2.31304 (< 4 lanes, so S(b) = 10 ms; S(8) = 20 ms).
+    # Non-empty windows: share 1 - e^-2 = 0.864665, inter-arrival SCV e^-2;
+    # rho_b = 0.864665 x 0.01 / 0.02 = 0.432332; chord slope beta = 0.01 / (8 - b);
+    # service SCV = beta^2 x 2 / 0.01^2; Sakasegawa c = 1: Wq = rho/(1-rho) S (ca2+cs2)/2.
+    # latency = W/2 + Wq + S; capacity at this load = lam / rho_b = 231.30/s.
     p = _chain(cpu_engine, [_cpu("a", 0.01, Batching("window", 8.0, 0.02), lanes=4.0)], 100.0)
     r = evaluate(p)
-    assert float(r.batch[0]) == pytest.approx(2.0 / (1.0 - math.exp(-2.0)), rel=1e-12)
-    assert float(r.e2e_latency_s) == pytest.approx(0.02, rel=1e-12)
-    assert float(r.capacity_per_s[0]) == pytest.approx(400.0, rel=1e-12)
+    b = 2.0 / (1.0 - math.exp(-2.0))
+    rho = (1.0 - math.exp(-2.0)) * 0.01 / 0.02
+    beta = 0.01 / (8.0 - b)
+    cs2 = beta**2 * 2.0 / 1e-4
+    wq = rho / (1.0 - rho) * 0.01 * (math.exp(-2.0) + cs2) / 2.0
+    assert float(r.batch[0]) == pytest.approx(b, rel=1e-12)
+    assert float(r.e2e_latency_s) == pytest.approx(0.01 + wq + 0.01, rel=1e-9)
+    assert float(r.capacity_per_s[0]) == pytest.approx(100.0 / rho, rel=1e-9)
+    # a window shorter than a batch's service piles batches up: infeasible at high load
+    short = eqx.tree_at(lambda q: q.stages[0].batching.window_s, p, 0.002)
+    assert not bool(evaluate(eqx.tree_at(lambda q: q.arrival_rate_per_s, short, 300.0)).feasible)
 
 
 def test_dynamic_batch_fixed_point(cpu_engine):

@@ -14,8 +14,12 @@ requests leave). Stage ``s`` is visited ``v_s`` times per request (``v = 1`` at 
   are ``B`` arrivals, so their inter-arrival SCV is ``c_a²/B``; capacity ``c B / S(B)``.
 - ``window`` (``W``, at most ``B_max``): a dispatcher closes a batch every ``W`` seconds; a
   request waits ``W/2`` on average, the mean non-empty batch holds
-  ``λ_s W / (1 - e^{-λ_s W})`` (at most ``B_max``), batches are periodic (SCV 0); capacity
-  ``c B_max / S(B_max)``.
+  ``b = λ_s W / (1 - e^{-λ_s W})`` (at most ``B_max``). Non-empty windows arrive at rate
+  ``(1 - e^{-λ_s W}) / W`` (inter-arrival SCV ``e^{-λ_s W}``, geometric multiples of W) and
+  their service varies with the Poisson batch size (SCV ``β² λ_s W / S(b)²``, ``β`` the
+  chord slope of ``S``), so ``ρ_b = (1 - e^{-λ_s W}) S(b) / (W c)``: a window shorter than
+  ``S(b)/c`` piles batches up. The batch grows with the load, so the capacity is evaluated
+  at the offered load, ``λ_s / ρ_b``, at most ``c B_max / S(B_max)``.
 - ``continuous`` (at most ``B_max``), two engines:
 
   * iteration-level (LLM decode, agent loops): sequences join at every iteration. By
@@ -400,9 +404,18 @@ def evaluate(p: Pipeline, tau: float = 0.0) -> PipelineResult:
             fill = safe_div(b - 1.0, 2.0 * li)
             w = fill + mean_wait_s(rho_b, serv, c, safe_div(ca2[i], b), 0.0)
         elif kind == "window":
-            cap_i = safe_div(c * bmax, serv_max)
-            rho_b = safe_div(li * serv, b * c)
-            w = 0.5 * s.batching.window_s + mean_wait_s(rho_b, serv, c, 0.0, 0.0)
+            win = s.batching.window_s
+            x_w = li * win
+            p_ne = -jnp.expm1(-x_w)  # share of windows that hold a request
+            rho_b = safe_div(p_ne * serv, win * c)
+            beta = safe_div(serv_max - serv, bmax - b)  # service per extra request
+            cs2 = safe_div(beta**2 * x_w, serv**2)  # Poisson batch size
+            ca2_w = jnp.exp(-x_w)  # non-empty windows: geometric multiples of W
+            cap_i = jnp.minimum(
+                jnp.where(rho_b > 0, safe_div(li, rho_b), safe_div(c * bmax, serv_max)),
+                safe_div(c * bmax, serv_max),
+            )
+            w = 0.5 * win + mean_wait_s(rho_b, serv, c, ca2_w, cs2)
         else:
             cap_i = safe_div(c * bmax, serv_max)
             rho_b = jnp.minimum(safe_div(li * serv, b * c), 1.0)
