@@ -141,8 +141,14 @@ def roofline(model, isl: float, osl: float) -> tuple[float, float, float]:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--report-only", action="store_true", help="rewrite the Markdown from the saved JSON"
+    )
     args = ap.parse_args(argv)
     OUT.mkdir(exist_ok=True)
+    if args.report_only:
+        write_report(json.loads((OUT / "platform_requirements.json").read_text()), args.quick)
+        return
     hw = load_hardware("h100-sxm")
     ref_bw = float(hw.accel.hbm.bw_bytes_per_s)
     ref_flops = float(hw.accel.peak_bf16_flop_per_s)
@@ -165,8 +171,8 @@ def main(argv=None):
         bw_bars[label], fl_bars[label] = {}, {}
         for j, (uc, (isl, osl, ttft, tpot)) in enumerate(USE_CASES.items()):
             dec_b, pre_f, cap_b = roofline(model, isl, osl)
-            bw = s_bw[j] * ref_bw
-            fl = s_fl[j] * ref_flops
+            bw = float(s_bw[j]) * ref_bw
+            fl = float(s_fl[j]) * ref_flops
             row = {
                 "model": label,
                 "params": params,
@@ -179,7 +185,7 @@ def main(argv=None):
                 "bw_roofline_tb_s": dec_b / tpot / 1e12,
                 "pflop_s": fl / 1e15,
                 "pflop_roofline": pre_f / ttft / 1e15,
-                "capacity_gb": s_cap[j] * ref_cap / 1e9,
+                "capacity_gb": float(s_cap[j]) * ref_cap / 1e9,
                 "capacity_roofline_gb": cap_b / 1e9,
                 "h100_equivalents": float(s_all[j]),
             }
@@ -200,13 +206,58 @@ def main(argv=None):
         "least compute per use case (batch 1, bf16; inf = unreachable)",
     )
     write_report(rows, args.quick)
-    (OUT / "platform_requirements.json").write_text(
-        json.dumps(rows, indent=1, default=lambda x: None)
-    )
+    (OUT / "platform_requirements.json").write_text(json.dumps(rows, indent=1))
 
 
 def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}g}" if np.isfinite(x) else "unreachable"
+
+
+def _range(rows, key_num, key_den, pick) -> str:
+    r = [x[key_num] / x[key_den] for x in rows if pick(x) and np.isfinite(x[key_num])]
+    return f"{min(r):.2f}-{max(r):.2f}" if r else "n/a"
+
+
+def findings(rows: list) -> list[str]:
+    """Where and why the efficiency-aware requirements differ from the ideal roofline."""
+    dense = lambda x: not x["model"].startswith(("deepseek", "moe"))
+    moe = lambda x: not dense(x)
+    short_tpot = lambda x: x["tpot_budget_s"] >= 0.04
+    return [
+        "## Where and why these differ from an ideal roofline (GenZ-style) estimate",
+        "",
+        "- **Bandwidth for TPOT**: "
+        + _range(rows, "bw_tb_s", "bw_roofline_tb_s", lambda x: short_tpot(x))
+        + "x the roofline for the 40-50 ms budgets. Streaming weights reaches "
+        "`gemm.mem_eff` = 0.83 of peak HBM bandwidth on Hopper (fitted to measured GEMV/GEMM "
+        "tables), i.e. 1.2x, and every kernel adds a launch overhead (2-11 us) that no "
+        "bandwidth removes. With the 20 ms code-generation budget the ratio grows to "
+        + _range(rows, "bw_tb_s", "bw_roofline_tb_s", lambda x: x["use_case"] == "code-gen")
+        + "x: launch overheads are a fixed share of a deep model's step (the 240-layer "
+        "dense-10T spends several ms per token on launches), so the bandwidth must rise "
+        "faster than 1/TPOT; an ideal roofline has no such floor.",
+        "- **Compute for TTFT**, dense models: "
+        + _range(rows, "pflop_s", "pflop_roofline", lambda x: dense(x) and x["isl"] < 1e5)
+        + "x (GEMM efficiency 0.91 bf16 plus attention at `prefill_eff_bf16` = 0.59 and "
+        "launches); at 1M tokens attention dominates the FLOPs and the ratio is "
+        + _range(rows, "pflop_s", "pflop_roofline", lambda x: dense(x) and x["isl"] >= 1e5)
+        + "x, close to 1/0.59.",
+        "- **Compute for TTFT**, MoE models: "
+        + _range(rows, "pflop_s", "pflop_roofline", lambda x: moe(x) and x["isl"] < 1e5)
+        + "x. A 1,000-3,000-token prompt spreads over 256 (DeepSeek-V3) or 544 (moe-10T) "
+        "experts, a few tokens per expert: grouped GEMMs with small m run far below peak, "
+        "with a load-imbalance factor of 1.25, and touch nearly every expert's weights. "
+        "A roofline that counts 2 x active parameters x tokens misses all three; the gap "
+        "grows with the expert count.",
+        "- **Capacity**: weights + KV at ISL + OSL + prefill activations (usable fraction "
+        "applied); the 1M-token rows are dominated by the KV cache (Llama-3.1-405B: 0.5 MB "
+        "per token in bf16) and by one-shot prefill activations.",
+        "- **GenZ's published numbers**: not reproduced here (its tables were not available "
+        "to this script's author); the structure (use cases x models incl. future ones, "
+        "required TB/s and PFLOP/s) is. Expect our requirements to exceed an idealised "
+        "analytical model's by the factors above, for the reasons above; where GenZ applies "
+        "its own efficiency factors the difference shrinks accordingly.",
+    ]
 
 
 def write_report(rows: list, quick: bool):
@@ -241,6 +292,7 @@ def write_report(rows: list, quick: bool):
             f"{_fmt(r['pflop_roofline'])} | {_fmt(rf)} | {_fmt(r['capacity_gb'], 4)} | "
             f"{_fmt(r['h100_equivalents'])} |"
         )
+    lines += ["", *findings(rows)]
     lines += [
         "",
         "![bandwidth](platform_requirements_bandwidth.png)",
