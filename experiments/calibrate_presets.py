@@ -16,6 +16,7 @@ project's CI machine): its ``[efficiency.*]`` tables are pasted from
 (``TRANSFERS``).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ TABLES = (
 def _inputs():
     out = []
     for t in TABLES:
-        out += ["--input", str(DATA / f"{t}.csv")]
+        out += ["--input", os.path.relpath(DATA / f"{t}.csv")]
     return out
 
 
