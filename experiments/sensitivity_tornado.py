@@ -88,7 +88,10 @@ def main():
         f"{ok.size} points meet it. At the reference (1, 1) p90 TPOT is "
         f"{1e3 * float(r['tpot_pct_s'][4, 4]):.2f} ms; doubling bandwidth gives "
         f"{1e3 * float(r['tpot_pct_s'][4, 6]):.2f} ms, doubling FLOP/s "
-        f"{1e3 * float(r['tpot_pct_s'][6, 4]):.2f} ms.",
+        f"{1e3 * float(r['tpot_pct_s'][6, 4]):.2f} ms; 16x both still gives "
+        f"{1e3 * float(r['tpot_pct_s'][-1, -1]):.2f} ms: the rest is the TP8 all-reduce over "
+        "NVLink (not scaled here), kernel launches and the engine's host time per iteration, "
+        "which neither HBM bandwidth nor FLOP/s removes (see the scale-up elasticity above).",
         "",
         "![heatmap](sensitivity_heatmap_tpot.png)",
         "",
