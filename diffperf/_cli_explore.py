@@ -362,9 +362,12 @@ def sweep_report(args) -> dict:
         import dataclasses
 
         space = dataclasses.replace(space, chunk=args.chunk)
-    if args.output is None and args.plot:
-        raise ValueError("--plot needs --output (the plot is drawn from the written rows)")
-    collect = bool(args.plot) and space.size <= 2_000_000
+    if args.plot and space.size > 2_000_000:
+        raise ValueError(
+            f"--plot draws from rows held in memory; this space has {space.size} points "
+            "(more than 2,000,000): plot a smaller sweep or read the written rows"
+        )
+    collect = bool(args.plot)
     rep = run_sweep(
         space, args.output, progress=not args.no_progress, collect=collect, process=(pidx, pcount)
     )
@@ -459,7 +462,7 @@ def register(sub) -> None:
     p.add_argument("--outputs", default=None, help="comma list of Metrics fields")
     p.add_argument("--output", default=None, help="rows to .csv or .parquet")
     p.add_argument("--chunk", type=_positive_int("chunk"), default=None)
-    p.add_argument("--plot", default=None, help="PNG of the first output (needs --output)")
+    p.add_argument("--plot", default=None, help="PNG of the first output (or --plot-metric)")
     p.add_argument("--plot-metric", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
