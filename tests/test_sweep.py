@@ -212,3 +212,24 @@ def test_two_processes_split_the_chunks(tmp_path):
     want = np.loadtxt(one["output"], delimiter=",", skiprows=1)
     key = lambda a: a[np.lexsort(a[:, :3].T)]
     np.testing.assert_allclose(key(got), key(want), rtol=1e-8)
+
+
+def test_cli_sweep_flags_and_errors(tmp_path, capsys):
+    from diffperf.cli import main
+
+    png = tmp_path / "tpot.png"
+    argv = ["sweep", "--scheme", "static", "--set", "batch=4", "--no-progress", "--json"]
+    argv += ["--axis", "scale.hbm_bw=log:0.5:2:3", "--axis", "workload.isl_tokens=512,2048"]
+    assert main([*argv, "--outputs", "tpot_s", "--plot", str(png)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["points"] == 6 and r["shape"] == [3, 2] and r["outputs"] == ["tpot_s"]
+    assert r["output"] is None and png.stat().st_size > 0
+    assert r["range"]["tpot_s"]["min"] < r["range"]["tpot_s"]["max"]
+    for bad, msg in (
+        (["--axis", "scale.hbm_bw=log:1:2"], "log:A:B:N"),
+        (["--axis", "scale.hbm_bw"], "NAME="),
+        (["--axis", "hardware.hbm=1,2"], "hardware.hbm"),
+        (["--axis", "scale.flops=1,2", "--output", str(tmp_path / "o.txt")], r"\.csv or"),
+    ):
+        assert main(["sweep", "--scheme", "static", "--no-progress", *bad]) == 2
+        assert msg.replace("\\", "") in capsys.readouterr().err
