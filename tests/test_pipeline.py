@@ -173,6 +173,30 @@ def test_shared_memory_contention_golden(cpu_engine):
     assert float(r2.contention[1]) == 1.0
 
 
+def test_host_kv_fetch_contends_with_cpu_stage(cpu_engine):
+    # A GPU stage fetching KV prefixes from host DRAM (host_engine = "cpu") loads the CPU
+    # socket's memory: bge-small KV = 12 layers x 2 x 12 heads x 32 x 2 B = 18,432 B/token,
+    # 10,000-token prefixes = 184.32 MB; at 50/s that is 9.216 GB/s of the socket's
+    # 307.2 GB/s: u = 0.03, so a memory-bound CPU stage runs 1 / (1 - 0.03) slower.
+    from diffperf.pipeline import KVRetrieval
+    from diffperf.pipeline._config import SMALL_MODELS
+    from diffperf.stages import make_plan
+
+    gpu = load_hardware("h100-sxm")
+    g = Engine("gpu", gpu, 1.0, default_kv_tiers(gpu), False)
+    emb = SMALL_MODELS["bge-small-en-v1.5"]()
+    kv = KVRetrieval(emb, make_plan(emb), 10_000.0, jnp.asarray([1.0]), ("host_dram",), 1.0)
+    st = (
+        _cpu("scan", 0.0, Batching("continuous", 1.0), bytes_=1e8),
+        PlacedStage("fetch", kv, "gpu", Batching("continuous", 1.0), 1.0, host_engine="cpu"),
+    )
+    r = evaluate(Pipeline(st, (Route("scan", "fetch", 1.0),), (cpu_engine, g), 50.0))
+    u = 50.0 * 184.32e6 / 307.2e9
+    assert u == pytest.approx(0.03)
+    assert float(r.contention[0]) == pytest.approx(1.0 / (1.0 - u), rel=1e-9)
+    assert float(r.contention[1]) == 1.0  # the GPU engine does not share memory
+
+
 def test_jit_vmap_consistency_and_traces(cpu_engine):
     st = [
         _cpu("a", 0.002, Batching("continuous", 4.0), share=0.5, lanes=2.0),
