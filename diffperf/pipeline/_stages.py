@@ -28,6 +28,7 @@ import abc
 
 import equinox as eqx
 import jax.numpy as jnp
+from jaxtyping import ArrayLike, Float
 
 from .._numerics import as_float_array, safe_div
 from .._types import FloatScalarLike
@@ -249,7 +250,7 @@ class KVRetrieval(AbstractStage):
     model: ModelSpec
     plan: ParallelPlan
     prefix_tokens: FloatScalarLike = eqx.field(converter=as_float_array)
-    hit_rates: FloatScalarLike = eqx.field(converter=as_float_array)
+    hit_rates: Float[ArrayLike, " tier"] = eqx.field(converter=as_float_array)
     tiers: tuple = eqx.field(static=True)
     retrieve_weight: FloatScalarLike = eqx.field(converter=as_float_array, default=1.0)
 
