@@ -2,6 +2,7 @@
 reasoning, agent loops, routers; CPUs, GPUs and ASICs) — HERMES-style analytical model."""
 
 from ._config import (
+    SMALL_MODELS as SMALL_MODELS,
     PipelineConfigError as PipelineConfigError,
     list_examples as list_examples,
     load_pipeline as load_pipeline,
