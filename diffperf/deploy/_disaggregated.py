@@ -224,6 +224,12 @@ def _illinois(g, lo, g_lo, hi, g_hi, iterations: int):
     return jnp.where(ok, (a * fb - b * fa) / jnp.where(ok, den, 1.0), 0.5 * (a + b))
 
 
+def _newton(b, r, slope, bmax):
+    """One Newton step ``b - r/slope`` on ``[0, bmax]`` (no step where the slope is not > 0)."""
+    ok = slope > 0
+    return jnp.clip(b - jnp.where(ok, r / jnp.where(ok, slope, 1.0), 0.0), 0.0, bmax)
+
+
 class ServingSolution(eqx.Module):
     """Steady state of a prefill pool feeding a decode pool (float leaves)."""
 
@@ -257,8 +263,10 @@ def solve_serving(tpot_fn, args, units, max_batch, pool: PrefillPool, workload, 
 
     Numerics: ``TPOT(B)`` is evaluated at ``TPOT_NODES`` batches ``B_max·(i/(K-1))²`` (one
     vmapped call) and interpolated piecewise-linearly for the root search (Illinois,
-    ``ROOT_ITERATIONS`` steps, cheap scalar work); one Newton step with the exact ``TPOT`` at
-    that root (the interpolant's slope) polishes it. Gradients flow through all of it.
+    ``ROOT_ITERATIONS`` steps, cheap scalar work); a Newton step with the exact ``TPOT`` moves
+    onto the exact root and a second, with the exact slope (one forward-mode pass), polishes
+    it. Gradients come from that last step alone (implicit-function theorem), not from the
+    search iterations.
     """
     w = workload
     closed = w.load_mode == "closed"
@@ -278,12 +286,20 @@ def solve_serving(tpot_fn, args, units, max_batch, pool: PrefillPool, workload, 
     t_nodes = jax.vmap(lambda b: tpot_fn(args, b)[0])(u * bmax)
     g_s = lambda b: resid(_interp_nodes(b, bmax, t_nodes), b)
     g_hi = resid(t_nodes[-1], bmax)
+    # The bracketing search only locates the root; its iterations are not differentiated
+    # (regula-falsi updates divide by residual differences that vanish at convergence, so
+    # their derivatives are garbage). The Newton step below carries the whole derivative:
+    # with b0 and the slope held constant, db/dθ = -(∂r/∂θ)/(∂r/∂B) at the root, the
+    # implicit-function theorem.
+    # The interpolant's root can sit ~10% off the exact one where TPOT(B) bends (few nodes
+    # at small B), so one undifferentiated Newton step with the exact TPOT (interpolant
+    # slope) moves onto the root before the differentiated step is taken there.
     b0 = _illinois(g_s, jnp.zeros(()), -jnp.ones(()), bmax, g_hi, ROOT_ITERATIONS)
     b0 = jnp.clip(b0, 0.0, bmax)
-    _, slope = jax.jvp(g_s, (b0,), (jnp.ones(()),))
-    r0 = resid(tpot_fn(args, b0)[0], b0)
-    ok = slope > 0
-    b1 = jnp.clip(b0 - jnp.where(ok, r0 / jnp.where(ok, slope, 1.0), 0.0), 0.0, bmax)
+    _, slope0 = jax.jvp(g_s, (b0,), (jnp.ones(()),))
+    b0 = lax.stop_gradient(_newton(b0, resid(tpot_fn(args, b0)[0], b0), slope0, bmax))
+    r1, slope1 = jax.jvp(lambda b: resid(tpot_fn(args, b)[0], b), (b0,), (jnp.ones(()),))
+    b1 = _newton(b0, r1, lax.stop_gradient(slope1), bmax)
     b = jnp.where(g_hi < 0, bmax, b1)
 
     tpot, aux = tpot_fn(args, b)
