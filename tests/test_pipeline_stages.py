@@ -56,6 +56,8 @@ def test_flat_search_golden(cpu):
     # launch 10 us (cpu profile). N = 1e6 vectors of d = 768 fp32, one query:
     # flop = 2 N d = 1.536e9 -> 1.536e9 / 5.04e12 = 3.0476e-4 s
     # bytes = N d 4 + d 4 = 3,072,003,072 -> / 215.04e9 = 1.428573e-2 s (memory bound)
+    e = cpu.accel.eff.gemm  # the "cpu" profile values these goldens use
+    assert (float(e.compute_eff_fp32), float(e.mem_eff), float(e.launch_s)) == (0.7, 0.7, 1e-5)
     idx = VectorIndex("flat", 1e6, 768.0)
     c = vector_search_cost(cpu, idx, 1.0)
     assert float(c.flop) == pytest.approx(1.536e9, rel=1e-12)
