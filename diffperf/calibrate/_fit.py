@@ -14,7 +14,9 @@ measured table, with the same kernel models that ``predict_table`` uses:
   over groups, so a family with 9,000 rows does not drown one with 500. A weak quadratic pull
   of ``θ`` towards the prior keeps directions the data cannot see where they were.
 - **Optimiser**: optax Adam with cosine-decayed step, all steps in one ``lax.scan`` inside one
-  jit.
+  jit. Families are fitted in the order gemm, attention, moe, comm, each on its own ops' rows
+  and on top of the earlier fits (``FitConfig.joint`` fits them all at once instead); the
+  start is the device's current profile (or ``--init-profile``).
 - **Held-out split**: by shape group (``shape_groups``: all shape columns but the one a
   table sweeps, e.g. GEMM ``(n, k)`` with every ``m``), stratified per (op, dtype), seeded.
 - **Uncertainty**: Laplace / M-estimator sandwich at the optimum,
