@@ -29,8 +29,9 @@ _PLANS = {}
 
 
 def _scheme(model, p_inst=2.0, d_inst=4.0, p_batch=4.0, d_batch=128.0):
-    if model.name not in _PLANS:
-        _PLANS[model.name] = make_plan(model, tp=4)
+    if model.name not in _PLANS:  # may first be reached inside a jit trace
+        with jax.ensure_compile_time_eval():
+            _PLANS[model.name] = make_plan(model, tp=4)
     plan = _PLANS[model.name]
     return Disaggregated(plan, plan, p_inst, d_inst, p_batch, d_batch)
 
