@@ -253,6 +253,14 @@ def cmd_validate(args) -> int:
     from .calibrate import error_table, predict_table
 
     cols = _read_inputs(args.input)
+    if args.device:
+        import numpy as np
+
+        from .calibrate import select_rows
+
+        cols = select_rows(cols, np.asarray(cols["device"]) == args.device)
+        if not len(cols["op"]):
+            raise ValueError(f"--device {args.device!r}: no rows with that device")
     pred = predict_table(_hw_lookup(args.hardware), cols)
     keys = ("device", "op", "dtype") + tuple(args.by or ())
     rows = error_table(cols, pred, keys)
@@ -858,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="error of predictions against measured tables")
     p.add_argument("--input", action="append", required=True, help="CSV (repeatable)")
     p.add_argument("--hardware", default=None, help="override the device column")
+    p.add_argument("--device", default=None, help="only rows whose device column is this")
     p.add_argument("--by", action="append", help="extra grouping column (e.g. scope)")
     p.add_argument("--plot", default=None, help="write a predicted-vs-measured scatter PNG")
     p.add_argument("--json", action="store_true")
