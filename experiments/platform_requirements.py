@@ -225,6 +225,9 @@ def findings(rows: list) -> list[str]:
     gemm_eff = float(e.gemm.compute_eff_bf16)
     attn_eff = float(e.attention.prefill_eff_bf16)
     imbalance = float(e.moe.imbalance)
+    ms = models(quick=False)
+    dense10 = int(float(ms["dense-10T (405B scaled)"].num_layers))
+    moe10 = int(float(ms["moe-10T (V3 scaled)"].num_experts))
     dense = lambda x: not x["model"].startswith(("deepseek", "moe"))
     moe = lambda x: not dense(x)
     short_tpot = lambda x: x["tpot_budget_s"] >= 0.04
@@ -239,7 +242,7 @@ def findings(rows: list) -> list[str]:
         "(2-11 us) that no "
         "bandwidth removes. With the 20 ms code-generation budget the ratio grows to "
         + _range(rows, "bw_tb_s", "bw_roofline_tb_s", lambda x: x["use_case"] == "code-gen")
-        + "x: launch overheads are a fixed share of a deep model's step (the 240-layer "
+        + f"x: launch overheads are a fixed share of a deep model's step (the {dense10}-layer "
         "dense-10T spends several ms per token on launches), so the bandwidth must rise "
         "faster than 1/TPOT; an ideal roofline has no such floor.",
         "- **Compute for TTFT**, dense models: "
@@ -251,7 +254,7 @@ def findings(rows: list) -> list[str]:
         + f"x, close to 1/{attn_eff:.2f} = {1 / attn_eff:.2f}.",
         "- **Compute for TTFT**, MoE models: "
         + _range(rows, "pflop_s", "pflop_roofline", lambda x: moe(x) and x["isl"] < 1e5)
-        + "x. A 1,000-3,000-token prompt spreads over 256 (DeepSeek-V3) or 544 (moe-10T) "
+        + f"x. A 1,000-3,000-token prompt spreads over 256 (DeepSeek-V3) or {moe10} (moe-10T) "
         "experts, a few tokens per expert: grouped GEMMs with small m run far below peak, "
         f"with a load-imbalance factor of {imbalance:.2f}, and touch nearly every expert's "
         "weights. "
