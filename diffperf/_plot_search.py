@@ -147,7 +147,7 @@ def requirements_bars(table: dict, path: str, unit: str, title: str = ""):
         vals = np.asarray([table[g].get(lab, np.nan) for g in groups], dtype=float)
         vals = np.where(np.isfinite(vals), vals, np.nan)
         ax.bar(np.arange(len(groups)) + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab)
-    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8, rotation=15, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel(unit)
     ax.legend(fontsize=7)
