@@ -35,7 +35,9 @@ from diffperf.stages import ParallelPlan, check_plan
 SETTINGS = OptimizeSettings(starts=8, steps=60, neighbours=8, seed=0)
 LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 SPACE = GridSpace(batch_ladder=LADDER)
-MOE_SPACE = GridSpace(batch_ladder=(1, 4, 16, 64, 256), prefill_batch_ladder=(1, 4))
+MOE_SPACE = GridSpace(
+    batch_ladder=(1, 4, 16, 64, 256), prefill_batch_ladder=(1, 4), microbatches=(1, 2)
+)
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +296,64 @@ def test_deepseek_afd_matches_grid(h100):
     r = optimize_scheme(hw, model, 32, w, "afd", space, settings=OptimizeSettings(seed=0))
     best = float(g.metrics.throughput_tok_s_per_device[g.best])
     assert r.objective >= 0.99 * best
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_optimize_json_keys(capsys):
+    import json
+
+    from diffperf.cli import main
+
+    rc = main(
+        [
+            "optimize",
+            "--model",
+            "llama-3.1-8b",
+            "--devices",
+            "8",
+            "--schemes",
+            "aggregated",
+            "--max-batch",
+            "512",
+            "--starts",
+            "8",
+            "--steps",
+            "60",
+            "--neighbours",
+            "8",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    b = r["best"]
+    # the keys of compare's best (metrics + the rounded deployment), plus objective/meets_slo
+    for k in ("scheme", "throughput_tok_s_per_device", "ttft_pct_s", "tpot_pct_s", "feasible"):
+        assert k in b
+    assert b["deployment"]["devices"] == 8 and b["deployment"]["scheme"] == "aggregated"
+    assert b["objective"] == pytest.approx(b["throughput_tok_s_per_device"], rel=1e-12)
+    assert b["meets_slo"] is True and r["meets_slo"] is True
+    assert r["wall_s"] > 0 and r["objective"]["kind"] == "tokens-per-device"
+    # 10 plans (tp, dp) with tp*dp dividing 8: (1,1) (1,2) (1,4) (1,8) (2,1) (2,2) (2,4) (4,1)
+    # (4,2) (8,1), each using all 8 devices, x 10 batch limits 1..512
+    assert r["schemes"]["aggregated"]["space_size"] == 100
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--devices", "0"], "--devices = 0"),
+        (["--devices", "8", "--schemes", "agg,bogus"], "--schemes"),
+        (["--devices", "8", "--bound", "flops=1:2"], "--bound needs --optimize-hardware"),
+    ],
+)
+def test_cli_optimize_errors(capsys, argv, match):
+    from diffperf.cli import main
+
+    assert main(["optimize", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffperf: error:") and match in err

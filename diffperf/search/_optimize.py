@@ -18,8 +18,10 @@ kept):
    ``neighbours`` nearest valid designs of the table (times the ``2^h`` hardware level
    corners around it); all are evaluated exactly (``tau = 0``) in one vectorised call and the
    best feasible by the exact objective is kept (if none is feasible, the least penalised).
-4. **Polish**: the neighbours of the incumbent (nearest designs, hardware levels within one
-   step) are evaluated exactly, repeated while it improves (at most ``polish_rounds``).
+4. **Polish** (discrete local search): the incumbent's neighbours, i.e. the designs that differ
+   from it along at most two coordinates of the space (another batch limit; another TP with
+   the matching instance count; ...) plus its nearest designs, times hardware levels within
+   one step, are evaluated exactly; repeated while it improves (at most ``polish_rounds``).
 
 The answer is always a rounded design of the exact discrete space with its exact metrics,
 the exact objective value and whether it meets every constraint (``meets_slo``: SLOs, memory
@@ -73,7 +75,7 @@ class OptimizeSettings:
     learning_rate: float = 0.08
     tau: float = 0.05
     neighbours: int = 16
-    polish_rounds: int = 4
+    polish_rounds: int = 8
     seed: int = 0
 
     def __post_init__(self):
@@ -206,7 +208,9 @@ def _exact(ctx, rows: np.ndarray, hidx: np.ndarray | None):
     table = space.table
     names = _INPUT_COLUMNS[table.scheme]
     n = len(rows)
-    size = _pad_size(n)
+    # small tables: pad to the grid's own size, which reuses the grid's compiled evaluator
+    size = _pad_size(table.size) if table.size <= 8**4 else _pad_size(n)
+    size = max(size, _pad_size(n))
     cols = {k: jnp.asarray(_pad(np.asarray(table.columns[k], float)[rows], size)) for k in names}
     if hs is None:
         m = _evaluate_columns(
@@ -351,6 +355,8 @@ def optimize_scheme(
     # 4: polish by exact evaluation of the incumbent's neighbours
     for _ in range(settings.polish_rounds):
         nr = rs.nearest(rs.rows[inc_row][None], 2 * settings.neighbours)[0]
+        cap = 2048 if hs is None else max(2048 // 3**hs.dim, 2 * settings.neighbours)
+        nr = np.unique(np.concatenate([nr, rs.axis_neighbours(inc_row, 2, cap)]))
         if hs is None:
             new = [int(r) for r in nr if (int(r),) not in seen]
             if not new:

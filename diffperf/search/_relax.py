@@ -89,7 +89,7 @@ def _coords_from_columns(scheme: str, c: dict, n) -> dict:
     }
 
 
-def _columns_from_coords(scheme: str, x: dict, n, max_num_tokens) -> dict:
+def _columns_from_coords(scheme: str, x: dict, n, max_num_tokens, moe: bool = True) -> dict:
     """Scheme input columns (see ``_grid._INPUT_COLUMNS``) from raw coordinates (jax)."""
     v = {k: (x[k] if k in _LINEAR else jnp.exp2(x[k])) for k in x}
     c: dict = {"max_num_tokens": max_num_tokens}
@@ -99,7 +99,8 @@ def _columns_from_coords(scheme: str, x: dict, n, max_num_tokens) -> dict:
         c.update(
             {prefix + "tp": tp, prefix + "dp": dp, prefix + "pp": pp, prefix + "ep": ep},
         )
-        c[prefix + "moe_tp"] = tp * dp / ep
+        # dense models: the plans carry ep = moe_tp = 1 (no experts to shard)
+        c[prefix + "moe_tp"] = tp * dp / ep if moe else jnp.ones_like(tp)
         return tp * dp * pp
 
     if scheme == "aggregated":
@@ -141,12 +142,13 @@ class RelaxedBox(eqx.Module):
     hi: FloatScalarLike = eqx.field(converter=as_float_array)
     n_devices: FloatScalarLike = eqx.field(converter=as_float_array)
     max_num_tokens: FloatScalarLike = eqx.field(converter=as_float_array)
+    moe: bool = eqx.field(static=True, default=True)
 
     def columns(self, z):
         """Scheme input columns of the normalised point ``z`` (shape ``(dim,)``, in [0, 1])."""
         raw = self.lo + (self.hi - self.lo) * z
         x = {k: raw[i] for i, k in enumerate(self.names)}
-        return _columns_from_coords(self.scheme, x, self.n_devices, self.max_num_tokens)
+        return _columns_from_coords(self.scheme, x, self.n_devices, self.max_num_tokens, self.moe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,12 +175,27 @@ class RelaxedSpace:
         span = np.where(hi > lo, hi - lo, 1.0)
         rows = (a - lo) / span
         mnt = float(np.asarray(table.columns["max_num_tokens"])[0])
-        box = RelaxedBox(scheme, names, lo, hi, float(n_devices), mnt)
+        c = table.columns
+        moe = any(
+            np.any(np.asarray(c[k]) != 1) for k in c if k.endswith("ep") or k.endswith("moe_tp")
+        )
+        box = RelaxedBox(scheme, names, lo, hi, float(n_devices), mnt, moe)
         return cls(table, box, rows)
 
     @property
     def dim(self) -> int:
         return self.rows.shape[1]
+
+    def axis_neighbours(self, row: int, max_changed: int = 2, cap: int = 2048) -> np.ndarray:
+        """Rows that differ from ``row`` in at most ``max_changed`` coordinates (the discrete
+        moves along one or two axes of the space, e.g. another batch limit, or another TP with
+        the matching instance count), the ``cap`` nearest of them."""
+        diff = (np.abs(self.rows - self.rows[row]) > 1e-9).sum(axis=1)
+        idx = np.flatnonzero((diff <= max_changed) & (diff > 0))
+        if len(idx) > cap:
+            d = ((self.rows[idx] - self.rows[row]) ** 2).sum(axis=1)
+            idx = idx[np.argsort(d, kind="stable")[:cap]]
+        return idx
 
     def nearest(self, z: np.ndarray, k: int) -> np.ndarray:
         """Indices of the ``k`` table rows nearest each point of ``z`` (``(m, dim)``), sorted
