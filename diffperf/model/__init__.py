@@ -5,4 +5,5 @@ from ._hf import (
     from_hf_config as from_hf_config,
 )
 from ._presets import list_models as list_models, load_model as load_model
+from ._scale import ScaleError as ScaleError, scale_model as scale_model
 from ._spec import ATTENTION_KINDS as ATTENTION_KINDS, ModelSpec as ModelSpec

@@ -21,3 +21,29 @@ from ._grid import (
     scheme_class as scheme_class,
     select as select,
 )
+from ._project import (
+    CONSTRAINTS as CONSTRAINTS,
+    Requirement as Requirement,
+    constraint_ratios as constraint_ratios,
+    project as project,
+    required_scale as required_scale,
+    requirements_table as requirements_table,
+)
+from ._sensitivity import (
+    RESOURCES as RESOURCES,
+    Point as Point,
+    Sensitivity as Sensitivity,
+    SensitivityError as SensitivityError,
+    StaticBatch as StaticBatch,
+    elasticities as elasticities,
+    set_values as set_values,
+    sweep_1d as sweep_1d,
+    sweep_2d as sweep_2d,
+)
+from ._sweep import (
+    SweepError as SweepError,
+    SweepSpace as SweepSpace,
+    load_space as load_space,
+    maybe_initialize_distributed as maybe_initialize_distributed,
+    run_sweep as run_sweep,
+)
