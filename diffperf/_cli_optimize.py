@@ -193,10 +193,24 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+# The names of search._relax.HARDWARE_PARAMS, spelled out: importing the search layer while
+# the parser is built would start the JAX backend, after which `diffperf sweep` can no longer
+# call jax.distributed.initialize() (tests/test_optimize.py checks the two agree).
+PARSER_HARDWARE_PARAMS = (
+    "flops",
+    "hbm_bandwidth",
+    "hbm_capacity",
+    "scaleup_bandwidth",
+    "domain_size",
+    "nic_bandwidth",
+)
+
+
 def register(sub) -> None:
     """Add ``optimize`` to the `diffperf` parser."""
     from .cli import _add_workload_flags, _positive_float, _positive_int
-    from .search._relax import HARDWARE_PARAMS
+
+    HARDWARE_PARAMS = PARSER_HARDWARE_PARAMS
 
     p = sub.add_parser(
         "optimize", help="gradient search for the best deployment (and hardware) on N devices"

@@ -357,3 +357,11 @@ def test_cli_optimize_errors(capsys, argv, match):
     assert main(["optimize", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("diffperf: error:") and match in err
+
+
+def test_parser_hardware_names_match_the_search_layer():
+    # the CLI spells them out so building the parser does not start the JAX backend
+    from diffperf._cli_optimize import PARSER_HARDWARE_PARAMS
+    from diffperf.search._relax import HARDWARE_PARAMS
+
+    assert PARSER_HARDWARE_PARAMS == HARDWARE_PARAMS

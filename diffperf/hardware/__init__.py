@@ -6,6 +6,13 @@ from ._accelerator import (
     Hardware as Hardware,
     MemoryTier as MemoryTier,
 )
+from ._cost_model import (
+    CostModel as CostModel,
+    LinearCost as LinearCost,
+    cost_model_report as cost_model_report,
+    default_cost_model as default_cost_model,
+    fit_cost_model as fit_cost_model,
+)
 from ._efficiency import (
     EFFICIENCY_FAMILIES as EFFICIENCY_FAMILIES,
     AttentionEfficiency as AttentionEfficiency,

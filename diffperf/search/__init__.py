@@ -21,6 +21,21 @@ from ._grid import (
     scheme_class as scheme_class,
     select as select,
 )
+from ._objective import (
+    OBJECTIVES as OBJECTIVES,
+    Objective as Objective,
+    make_objective as make_objective,
+    objective_value as objective_value,
+    relaxed_objective as relaxed_objective,
+)
+from ._optimize import (
+    OptimizeResult as OptimizeResult,
+    OptimizeSettings as OptimizeSettings,
+    SchemeOptimum as SchemeOptimum,
+    optimize as optimize,
+    optimize_scheme as optimize_scheme,
+    optimum_dict as optimum_dict,
+)
 from ._project import (
     CONSTRAINTS as CONSTRAINTS,
     Requirement as Requirement,
@@ -28,6 +43,12 @@ from ._project import (
     project as project,
     required_scale as required_scale,
     requirements_table as requirements_table,
+)
+from ._relax import (
+    HARDWARE_PARAMS as HARDWARE_PARAMS,
+    HardwareSpace as HardwareSpace,
+    RelaxedSpace as RelaxedSpace,
+    with_hardware_values as with_hardware_values,
 )
 from ._sensitivity import (
     RESOURCES as RESOURCES,
