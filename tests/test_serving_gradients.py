@@ -209,5 +209,7 @@ def test_derivatives_finite_when_saturated_or_out_of_memory(hw, dense, moe, sche
 def _bigger_batches(scheme):
     for field in ("max_batch", "decode_max_batch", "decode_batch"):
         if hasattr(scheme, field):
-            return eqx.tree_at(lambda s, f=field: getattr(s, f), scheme, jnp.asarray(65536.0))
+            return eqx.tree_at(
+                lambda s, f=field: getattr(s, f), scheme, jnp.asarray(65536.0, dtype=float)
+            )
     raise AssertionError(type(scheme).__name__)
