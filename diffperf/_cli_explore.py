@@ -331,6 +331,8 @@ def sweep_report(args) -> dict:
     from .search._sweep import load_space, maybe_initialize_distributed, run_sweep
 
     pidx, pcount = maybe_initialize_distributed()
+    if getattr(args, "pipeline", None) or (args.config and _is_pipeline_space(args.config)):
+        return pipeline_sweep_report(args)
     if args.config:
         if args.axis:
             raise ValueError("give the axes in --config or with --axis, not both")
@@ -370,6 +372,58 @@ def sweep_report(args) -> dict:
     collect = bool(args.plot)
     rep = run_sweep(
         space, args.output, progress=not args.no_progress, collect=collect, process=(pidx, pcount)
+    )
+    if args.plot:
+        from ._plot_search import sweep_plot
+
+        metric = args.plot_metric or space.outputs[0]
+        if metric not in rep.get("columns", {}):
+            raise ValueError(f"--plot-metric = {metric!r} is not among the outputs {space.outputs}")
+        sweep_plot(rep["columns"], rep["axes"], metric, args.plot, f"{metric} ({space.source})")
+        rep["plot"] = args.plot
+    rep.pop("columns", None)
+    for v in rep["range"].values():
+        for k in ("min", "max"):
+            if not math.isfinite(v[k]):
+                v[k] = None
+    return rep
+
+
+def _is_pipeline_space(path: str) -> bool:
+    """Whether a design-space file names a ``pipeline`` (then it is a pipeline sweep)."""
+    from pathlib import Path
+
+    from .search._sweep import _read
+
+    return "pipeline" in _read(Path(path))
+
+
+def pipeline_sweep_report(args) -> dict:
+    """``sweep --pipeline P --axis NAME=SPEC ...`` or a space file with ``pipeline = ...``:
+    vmapped, chunked sweep over pipeline float leaves (``diffperf.search._sweep``)."""
+    import dataclasses
+
+    from .search._sweep import load_pipeline_space, run_pipeline_sweep
+
+    if args.pipeline and args.config:
+        raise ValueError("give the pipeline with --pipeline or in --config, not both")
+    if args.config:
+        if args.axis:
+            raise ValueError("give the axes in --config or with --axis, not both")
+        space = load_pipeline_space(args.config)
+    else:
+        if not args.axis:
+            raise ValueError(f"--pipeline {args.pipeline!r} needs at least one --axis NAME=SPEC")
+        d = {"pipeline": args.pipeline, "axes": dict(_axis_spec(a) for a in args.axis)}
+        if args.outputs:
+            d["outputs"] = [o.strip() for o in args.outputs.split(",") if o.strip()]
+        space = load_pipeline_space(d, __import__("pathlib").Path.cwd())
+    if args.set:
+        raise ValueError("--set applies to deployments; sweep pipeline values with --axis")
+    if args.chunk:
+        space = dataclasses.replace(space, chunk=args.chunk)
+    rep = run_pipeline_sweep(
+        space, args.output, progress=not args.no_progress, collect=bool(args.plot)
     )
     if args.plot:
         from ._plot_search import sweep_plot
@@ -453,6 +507,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("sweep", help="sharded, streamed sweep over a design space")
     p.add_argument("--config", default=None, help="design space TOML/JSON")
+    p.add_argument(
+        "--pipeline",
+        default=None,
+        help="pipeline TOML or example name: sweep its float leaves (--axis "
+        "stages.NAME.batch_size=lin:1:64:8, engines.NAME.count=...)",
+    )
     p.add_argument("--axis", action="append", default=[], help="NAME=log:A:B:N | lin:... | v1,v2")
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--hardware", default="h100-sxm")

@@ -37,6 +37,10 @@ def optimize_report(args) -> dict:
     from .search._optimize import OptimizeSettings, optimize, optimum_dict
     from .search._relax import HARDWARE_UNITS, HardwareSpace, hardware_value
 
+    if getattr(args, "pipeline", None):
+        return pipeline_optimize_report(args)
+    if args.devices is None:
+        raise ValueError("--devices is required (the device budget), unless --pipeline is given")
     t0 = time.perf_counter()
     if args.devices < 1:
         raise ValueError(f"--devices = {args.devices} must be a positive integer")
@@ -135,6 +139,60 @@ def optimize_report(args) -> dict:
     return rep
 
 
+def pipeline_optimize_report(args) -> dict:
+    """``optimize --pipeline``: multi-start search over the pipeline's device split, batch
+    sizes and retrieve-vs-recompute choices (``diffperf.search._pipeline_opt``)."""
+    from .pipeline import load_pipeline
+    from .search._pipeline_opt import (
+        PipelineSearchSettings,
+        pipeline_search_dict,
+        search_pipeline,
+    )
+
+    t0 = time.perf_counter()
+    p = load_pipeline(args.pipeline)
+    settings = PipelineSearchSettings(
+        starts=args.starts,
+        steps=args.steps,
+        seed=args.seed,
+        tau=args.tau,
+        learning_rate=args.learning_rate,
+        cpu_slices=args.cpu_slices,
+    )
+    res = search_pipeline(p, settings)
+    rep = {"pipeline": args.pipeline, **pipeline_search_dict(p, res)}
+    rep["settings"] = {
+        "starts": settings.starts,
+        "steps": settings.steps,
+        "seed": settings.seed,
+        "tau": settings.tau,
+        "learning_rate": settings.learning_rate,
+        "cpu_slices": settings.cpu_slices,
+    }
+    rep["wall_s"] = time.perf_counter() - t0
+    return rep
+
+
+def _print_pipeline_optimize(r: dict):
+    b = r["best"]
+    print(
+        f"pipeline {r['pipeline']}: best rounded design, objective {r['objective']:.4g} "
+        f"(relaxed optimum {r['relaxed']['loss']:.4g})"
+    )
+    print(
+        f"throughput {b['throughput_per_s']:.4g} req/s ({b['throughput_per_device']:.4g} "
+        f"req/s/device on {b['devices']:g} devices), e2e {b['e2e_latency_s']:.4g} s, TTFT "
+        f"{b['ttft_s']:.4g} s, meets SLO: " + ("yes" if b["meets_slo"] else "NO")
+    )
+    for name, s in b["design"].items():
+        extra = f", {s['retrieval']}" if "retrieval" in s else ""
+        print(
+            f"  {name}: {s['devices']:g} device(s) of {s['engine']}, batch "
+            f"{s['batch_size']:g}{extra}"
+        )
+    print(f"{r['evaluated_exactly']} rounded designs evaluated exactly in {r['wall_s']:.2f} s")
+
+
 def _print_optimize(r: dict):
     from ._report import fmt_time, table
     from .cli import _fmt_deployment
@@ -188,6 +246,8 @@ def cmd_optimize(args) -> int:
     r = optimize_report(args)
     if args.json:
         print(json.dumps(r, indent=2))
+    elif getattr(args, "pipeline", None):
+        _print_pipeline_optimize(r)
     else:
         _print_optimize(r)
     return 0
@@ -217,7 +277,30 @@ def register(sub) -> None:
     )
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--hardware", default="h100-sxm", help="preset or TOML (base hardware)")
-    p.add_argument("--devices", type=int, required=True, help="device budget (all used)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="device budget (all used); required unless --pipeline is given",
+    )
+    p.add_argument(
+        "--pipeline",
+        default=None,
+        help="pipeline TOML or example name: search its device split, batch sizes and "
+        "retrieve-vs-recompute choices instead",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_positive_float("learning-rate"),
+        default=0.1,
+        help="Adam step size (--pipeline)",
+    )
+    p.add_argument(
+        "--cpu-slices",
+        type=_positive_int("cpu-slices"),
+        default=8,
+        help="slices per CPU socket when splitting shared-memory engines (--pipeline)",
+    )
     p.add_argument("--schemes", default=None, help="comma list (default all three)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--kv-dtype", default=None)

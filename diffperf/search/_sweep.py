@@ -628,3 +628,284 @@ def run_sweep(
         block = np.concatenate(kept) if kept else np.empty((0, len(columns)))
         summary["columns"] = {c: block[:, i] for i, c in enumerate(columns)}
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# pipelines (diffperf.pipeline): sweep float leaves named by path
+# --------------------------------------------------------------------------------------------
+
+PIPELINE_OUTPUTS = (
+    "throughput_per_s",
+    "e2e_latency_s",
+    "ttft_s",
+    "throughput_per_device",
+    "devices",
+    "meets_slo",
+)
+_PIPELINE_TOP_KEYS = {"pipeline", "outputs", "chunk", "tau", "axes", "description"}
+
+
+def _pipeline_key(node, key) -> str:
+    """One path segment: stages, engines, routes and KV tiers by name, fields by attribute."""
+    from ..pipeline import Engine, PlacedStage, Route
+
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return "tiers" if key.name == "kv_tiers" else key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        item = node[key.idx]
+        if isinstance(item, (PlacedStage, Engine)):
+            return item.name
+        if isinstance(item, Route):
+            return f"{item.src}.{item.dst}"
+        name = getattr(item, "name", None)
+        return name if isinstance(name, str) else f"[{key.idx}]"
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    return str(key)
+
+
+def pipeline_leaf_names(p) -> dict[str, tuple[int, int | None]]:
+    """Canonical name -> (leaf index, element index or None) of every float leaf of pipeline
+    ``p``: ``stages.<stage>.batching.batch_size``, ``stages.<stage>.share``,
+    ``stages.<stage>.stage.hit_rates[0]``, ``routes.<src>.<dst>.fraction``,
+    ``engines.<engine>.count``, ``engines.<engine>.tiers.<tier>.bw_bytes_per_s``,
+    ``arrival_rate_per_s``, ``slo.e2e_s``, ... (SI units)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(p)
+    out: dict[str, tuple[int, int | None]] = {}
+    for li, (path, leaf) in enumerate(flat):
+        if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)):
+            continue
+        node, parts = p, []
+        for key in path:
+            parts.append(_pipeline_key(node, key))
+            if isinstance(key, jax.tree_util.GetAttrKey):
+                node = getattr(node, key.name)
+            elif isinstance(key, jax.tree_util.SequenceKey):
+                node = node[key.idx]
+            elif isinstance(key, jax.tree_util.DictKey):
+                node = node[key.key]
+        name = ".".join(parts).replace(".[", "[")
+        if leaf.ndim == 0:
+            out[name] = (li, None)
+        else:
+            for k in range(int(leaf.size)):
+                out[f"{name}[{k}]"] = (li, k)
+    return out
+
+
+def resolve_pipeline_name(p, name: str, names: dict | None = None) -> str:
+    """The canonical leaf name for ``name``: exact, or unique once the ``batching.`` and
+    ``stage.`` segments are dropped (``stages.reason.batch_size``)."""
+    names = pipeline_leaf_names(p) if names is None else names
+    if name in names:
+        return name
+
+    def short(n: str) -> str:
+        return n.replace(".batching.", ".").replace(".stage.", ".")
+
+    hits = [n for n in names if short(n) == short(name)]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise SweepError(f"axes: {name!r} is ambiguous: {hits}")
+    examples = [n for n in names if not (".hw." in n or ".model." in n or ".plan." in n)]
+    raise SweepError(
+        f"axes: {name!r} is not a float leaf of the pipeline; e.g. {examples[:12]} "
+        f"({len(names)} in all)"
+    )
+
+
+def set_pipeline_values(p, values: dict, names: dict | None = None):
+    """``p`` with the leaves named in ``values`` (canonical names) replaced."""
+    names = pipeline_leaf_names(p) if names is None else names
+    leaves, tree = jax.tree_util.tree_flatten(p)
+    for name, v in values.items():
+        li, k = names[name]
+        x = jnp.asarray(v, dtype=leaves[li].dtype)
+        leaves[li] = x if k is None else leaves[li].at[k].set(x)
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSweepSpace:
+    """A pipeline, the axes (canonical leaf names, SI values) and the outputs
+    (:class:`diffperf.pipeline.PipelineResult` scalars)."""
+
+    pipeline: object
+    axes: tuple[Axis, ...]
+    outputs: tuple[str, ...] = PIPELINE_OUTPUTS
+    chunk: int = 1 << 12
+    tau: float = 0.0
+    source: str = "<pipeline space>"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(a.values) for a in self.axes)
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+
+def load_pipeline_space(path_or_dict, base_dir: Path | None = None) -> PipelineSweepSpace:
+    """A pipeline sweep from a TOML/JSON file or dict: ``pipeline`` (TOML path, relative to
+    the space file, or example name), ``[axes]`` (leaf name -> values/linspace/logspace),
+    optional ``outputs``, ``chunk``, ``tau``."""
+    from ..pipeline import PipelineResult, load_pipeline
+
+    if isinstance(path_or_dict, dict):
+        d, src = path_or_dict, "<pipeline space>"
+    else:
+        f = Path(path_or_dict)
+        d, src, base_dir = _read(f), str(f), f.parent
+    unknown = sorted(set(d) - _PIPELINE_TOP_KEYS)
+    if unknown:
+        raise SweepError(f"{src}: unknown key(s) {unknown}; keys: {sorted(_PIPELINE_TOP_KEYS)}")
+    ref = d.get("pipeline")
+    if not isinstance(ref, str):
+        raise SweepError(f"{src}: pipeline = {ref!r} must be a TOML path or an example name")
+    cand = (base_dir / ref) if base_dir is not None else None
+    try:
+        pipe = load_pipeline(cand if cand is not None and cand.is_file() else ref)
+    except (ValueError, FileNotFoundError) as e:
+        raise SweepError(f"{src}: pipeline = {ref!r}: {e}") from None
+    fields = {f.name for f in dataclasses.fields(PipelineResult)}
+    outputs = d.get("outputs", list(PIPELINE_OUTPUTS))
+    if not isinstance(outputs, list) or not outputs:
+        raise SweepError(f"{src}: outputs = {outputs!r} must be a non-empty list")
+    scalars = fields - {"bottleneck"}
+    for o in outputs:
+        if o not in scalars:
+            raise SweepError(
+                f"{src}: outputs: {o!r} is not a pipeline scalar; e.g. {list(PIPELINE_OUTPUTS)}"
+            )
+    outputs = [o for o in outputs if o != "feasible"]
+    raw_axes = d.get("axes")
+    if not isinstance(raw_axes, dict) or not raw_axes:
+        raise SweepError(f"{src}: [axes] is missing or empty")
+    names = pipeline_leaf_names(pipe)
+    axes = []
+    for name, spec in raw_axes.items():
+        try:
+            canon = resolve_pipeline_name(pipe, name, names)
+        except SweepError as e:
+            raise SweepError(f"{src}: {e}") from None
+        axes.append(Axis(canon, axis_values(f"{src}: axes.{name}", spec)))
+    if len({a.name for a in axes}) != len(axes):
+        raise SweepError(f"{src}: two axes name the same parameter")
+    chunk = d.get("chunk", 1 << 12)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise SweepError(f"{src}: chunk = {chunk!r} must be a positive integer")
+    tau = _number(f"{src}: tau", d.get("tau", 0.0))
+    if tau < 0:
+        raise SweepError(f"{src}: tau = {tau!r} must be >= 0")
+    return PipelineSweepSpace(pipe, tuple(axes), tuple(outputs), chunk, tau, src)
+
+
+@eqx.filter_jit
+def _evaluate_pipeline_chunk(p, names: tuple[str, ...], outputs: tuple[str, ...], tau, cols):
+    from ..pipeline import evaluate
+
+    leaf_names = pipeline_leaf_names(p)
+
+    def one(vals):
+        r = evaluate(set_pipeline_values(p, dict(zip(names, vals)), leaf_names), tau)
+        out = {k: jnp.asarray(getattr(r, k), dtype=float) for k in outputs}
+        out["feasible"] = jnp.asarray(r.feasible, dtype=float)
+        return out
+
+    return jax.vmap(one)(cols)
+
+
+def _pipeline_chunk_columns(
+    space: PipelineSweepSpace, start: int, stop: int, size: int
+) -> tuple[np.ndarray, ...]:
+    idx = np.arange(start, stop)
+    if stop - start < size:  # pad with the chunk's first point
+        idx = np.concatenate([idx, np.full(size - (stop - start), start)])
+    sub = np.unravel_index(idx, space.shape)
+    return tuple(a.values[i] for a, i in zip(space.axes, sub))
+
+
+def run_pipeline_sweep(
+    space: PipelineSweepSpace,
+    output: "str | Path | None" = None,
+    *,
+    devices: list | None = None,
+    progress: bool = False,
+    collect: bool = False,
+) -> dict:
+    """Evaluate every point of a pipeline sweep in vmapped chunks (sharded over ``devices``);
+    stream rows (axes, outputs, feasible) to ``output``. **Returns:** the summary dict of
+    :func:`run_sweep` (and ``columns`` with ``collect``)."""
+    devices = list(devices or jax.local_devices())
+    n_dev = len(devices)
+    chunk = max(n_dev, (min(space.chunk, max(space.size, 1)) + n_dev - 1) // n_dev * n_dev)
+    n_chunks = (space.size + chunk - 1) // chunk
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    names = tuple(a.name for a in space.axes)
+    outs = (*space.outputs, "feasible")
+    columns = [*names, *outs]
+    writer = _Writer(Path(output), columns, output_format(output)) if output else None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=space.size, unit="pt", unit_scale=True, desc="sweep")
+    stats = {k: [math.inf, -math.inf] for k in space.outputs}
+    kept, n_feasible = [], 0
+    t0 = time.perf_counter()
+    try:
+        for c in range(n_chunks):
+            s, e = c * chunk, min((c + 1) * chunk, space.size)
+            cols = _pipeline_chunk_columns(space, s, e, chunk)
+            dev_cols = tuple(jax.device_put(jnp.asarray(v, dtype=float), sharding) for v in cols)
+            out = _evaluate_pipeline_chunk(
+                space.pipeline, names, space.outputs, space.tau, dev_cols
+            )
+            k = e - s
+            block = np.empty((k, len(columns)))
+            for i, v in enumerate(cols):
+                block[:, i] = v[:k]
+            for j, name in enumerate(outs):
+                block[:, len(names) + j] = np.asarray(out[name])[:k]
+            for j, name in enumerate(space.outputs):
+                fin = block[:, len(names) + j]
+                fin = fin[np.isfinite(fin)]
+                if len(fin):
+                    stats[name][0] = min(stats[name][0], float(fin.min()))
+                    stats[name][1] = max(stats[name][1], float(fin.max()))
+            n_feasible += int(np.sum(block[:, -1] > 0.5))
+            if writer is not None:
+                writer.write(block)
+            if collect:
+                kept.append(block)
+            if bar is not None:
+                bar.update(k)
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    summary = {
+        "points": space.size,
+        "space_points": space.size,
+        "shape": list(space.shape),
+        "axes": list(names),
+        "outputs": list(space.outputs),
+        "devices": n_dev,
+        "process": [0, 1],
+        "chunk": chunk,
+        "chunks": n_chunks,
+        "feasible": n_feasible,
+        "range": {k: {"min": v[0], "max": v[1]} for k, v in stats.items()},
+        "output": None if output is None else str(output),
+        "wall_s": wall,
+        "points_per_s": space.size / wall if wall > 0 else None,
+    }
+    if collect:
+        block = np.concatenate(kept) if kept else np.empty((0, len(columns)))
+        summary["columns"] = {c: block[:, i] for i, c in enumerate(columns)}
+    return summary
