@@ -203,3 +203,45 @@ def test_sweep_space_file_with_pipeline(toml_path, tmp_path, capsys):
     assert main(["sweep", "--config", str(space), "--no-progress", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["points"] == 2 and r["axes"] == ["arrival_rate_per_s"]
+
+
+_KV_TOML = """
+arrival_rate_per_s = 20.0
+[engines.gpu]
+hardware = "h100-sxm"
+count = 2
+[[stages]]
+name = "kv"
+type = "kv_retrieval"
+model = "qwen2.5-0.5b"
+prefix_tokens = 4000
+hit_rates = { host_dram = 0.8 }
+engine = "gpu"
+batching = "continuous"
+batch_size = 4
+[[stages]]
+name = "prefill"
+type = "prefill"
+model = "qwen2.5-0.5b"
+input_tokens = 200
+engine = "gpu"
+batching = "continuous"
+batch_size = 4
+"""
+
+
+@pytest.mark.slow
+def test_retrieval_choice_is_the_better_of_fetch_and_recompute(tmp_path):
+    f = tmp_path / "kv.toml"
+    f.write_text(_KV_TOML)
+    p = load_pipeline(f)
+    res = search_pipeline(p, PipelineSearchSettings(starts=2, steps=30, seed=0))
+    d = res.design
+    assert d.devices[0] + d.devices[1] == 2.0
+    assert d.retrieve_weight[0] in (0.0, 1.0)
+    shares = np.asarray(d.devices) / 2.0
+    losses = []
+    for w in (0.0, 1.0):
+        q = set_design_values(p, shares, np.asarray(d.batch_size), np.asarray([w, 0.0]))
+        losses.append(float(objective(evaluate(q, 0.0), q)))
+    assert res.objective == pytest.approx(min(losses), rel=1e-9)
