@@ -6,11 +6,12 @@ neighbours.
    its logits with standard deviation ``sigma``, from ``seed``) each take ``steps`` Adam
    steps on :func:`diffperf.pipeline.design_loss` at temperature ``tau``; one
    ``eqx.filter_jit`` holds ``vmap`` over starts of ``lax.scan`` over steps.
-2. Rounding: around each start's relaxed optimum, every combination of
+2. Rounding: around each start's relaxed optimum (and the pipeline's own design), every
+   combination of
    - per-engine device splits in integer units (one device; a ``1/cpu_slices`` slice of a
-     socket on shared-memory CPU engines; a stage's units are multiples of its
-     ``devices_per_instance``), at least one granule per stage, floor or ceil of the relaxed
-     split, summing to the engine's units;
+     socket on shared-memory CPU engines), floor or ceil of the relaxed split, at least one
+     instance (``devices_per_instance``) per stage, summing to the engine's units (extra
+     devices beyond whole instances count as fractional instances, as in ``evaluate``);
    - batch sizes ``floor`` / ``ceil`` of the relaxed value (integers >= 1);
    - retrieve weight 0 (recompute) or 1 (fetch) for every KV-retrieval stage;
    is evaluated exactly (``tau = 0``, vmapped in fixed-size chunks). The best is the lowest
@@ -34,6 +35,7 @@ from ..pipeline import (
     Pipeline,
     PipelineDesign,
     PipelineResult,
+    apply_design,
     design_loss,
     evaluate,
     initial_design,
@@ -167,8 +169,6 @@ def _evaluate_values(p: Pipeline, shares, batch, retrieve):
 
 def relaxed_values(p: Pipeline, d: PipelineDesign) -> tuple[np.ndarray, ...]:
     """Per-stage shares (softmax per engine), batch sizes and retrieve weights of ``d``."""
-    from ..pipeline import apply_design
-
     q = apply_design(p, d)
     shares = np.asarray([float(s.share) for s in q.stages])
     batch = np.asarray([float(s.batching.batch_size) for s in q.stages])
@@ -199,13 +199,17 @@ def engine_units(p: Pipeline, cpu_slices: int) -> dict[str, tuple[int, float]]:
     return out
 
 
-def _granule(stage, per_unit: float) -> int:
+def _min_units(stage, per_unit: float) -> int:
+    """Units a stage needs for one instance: its devices per instance on engines split by
+    whole devices, one slice on shared-memory engines."""
     dpi = float(stage.stage.devices_per_instance)
     return max(1, round(dpi / per_unit)) if per_unit == 1.0 else 1
 
 
 def split_candidates(p: Pipeline, shares: np.ndarray, cpu_slices: int) -> list[np.ndarray]:
-    """Per-stage shares of every integer split near ``shares`` (product over engines)."""
+    """Per-stage shares of every integer split near ``shares`` (product over engines): on
+    each engine, ``floor`` or ``ceil`` of each stage's relaxed units (widened by up to 2 when
+    no combination sums to the engine's units), at least one instance per stage."""
     units = engine_units(p, cpu_slices)
     per_engine = []
     for e in p.engines:
@@ -213,38 +217,32 @@ def split_candidates(p: Pipeline, shares: np.ndarray, cpu_slices: int) -> list[n
         if not members:
             continue
         total, per_unit = units[e.name]
-        gran = [_granule(p.stages[i], per_unit) for i in members]
-        if sum(gran) > total:
+        mins = [_min_units(p.stages[i], per_unit) for i in members]
+        if sum(mins) > total:
             raise ValueError(
                 f"engines.{e.name}.count = {float(e.count):g}: {total} unit(s) cannot give "
-                f"each of its {len(members)} stage(s) at least one instance ({sum(gran)} needed)"
+                f"each of its {len(members)} stage(s) one instance ({sum(mins)} needed)"
             )
-        rel = [shares[i] * total / g for i, g in zip(members, gran)]
+        rel = [shares[i] * total for i in members]
         combos: list[tuple[int, ...]] = []
         for widen in (0, 1, 2):
             opts = [
-                range(max(1, math.floor(r) - widen), max(1, math.ceil(r) + widen) + 1) for r in rel
+                range(max(m, math.floor(r) - widen), max(m, math.ceil(r) + widen) + 1)
+                for r, m in zip(rel, mins)
             ]
-            combos = [
-                c for c in itertools.product(*opts) if sum(k * g for k, g in zip(c, gran)) == total
-            ]
+            combos = [c for c in itertools.product(*opts) if sum(c) == total]
             if combos:
                 break
-        if not combos:  # largest remainder on the granules
-            k = [max(1, math.floor(r)) for r in rel]
-            while sum(a * g for a, g in zip(k, gran)) > total:
-                j = int(np.argmax(k))
+        if not combos:  # largest remainder above the minimums
+            k = [max(m, math.floor(r)) for r, m in zip(rel, mins)]
+            while sum(k) > total:
+                j = int(np.argmax([a - m for a, m in zip(k, mins)]))
                 k[j] -= 1
-            left = total - sum(a * g for a, g in zip(k, gran))
             order = np.argsort([-(r - math.floor(r)) for r in rel])
-            for j in itertools.cycle(order):
-                if left < min(gran):
-                    break
-                if gran[j] <= left:
-                    k[j] += 1
-                    left -= gran[j]
+            for j in itertools.islice(itertools.cycle(order), total - sum(k)):
+                k[j] += 1
             combos = [tuple(k)]
-        per_engine.append([(members, [c * g / total for c, g in zip(cc, gran)]) for cc in combos])
+        per_engine.append([(members, [c / total for c in cc]) for cc in combos])
     out = []
     for choice in itertools.product(*per_engine):
         sh = np.array(shares, dtype=float)
@@ -308,8 +306,8 @@ def search_pipeline(
     final = np.asarray(final)
     final = np.where(np.isfinite(final), final, np.inf)
     cands, seen = [], set()
-    for i in range(settings.starts):
-        d = jax.tree_util.tree_map(lambda a, i=i: a[i], ds)
+    designs = [jax.tree_util.tree_map(lambda a, i=i: a[i], ds) for i in range(settings.starts)]
+    for d in [initial_design(p), *designs]:  # the pipeline's own design rounded too
         for c in rounded_candidates(p, d, settings):
             key = tuple(np.round(np.concatenate(c), 12))
             if key not in seen:
@@ -328,8 +326,6 @@ def search_pipeline(
     )
     k = int(np.argmin(final))
     relaxed = jax.tree_util.tree_map(lambda a: a[k], ds)
-    from ..pipeline import apply_design
-
     relaxed_result = evaluate(apply_design(p, relaxed), 0.0)
     return PipelineSearchResult(
         design=design,
