@@ -29,10 +29,7 @@ def _bound(s: str):
 
 def optimize_report(args) -> dict:
     """Run ``optimize`` for parsed arguments and return the JSON-ready report."""
-    from .cli import _workload_dict, _workload_from_args
-    from .hardware import load_hardware
-    from .model import load_model
-    from .search._grid import GridSpace, canonical_scheme, default_dtypes, geometric_ladder
+    from .cli import _workload_dict, search_inputs
     from .search._objective import make_objective
     from .search._optimize import OptimizeSettings, optimize, optimum_dict
     from .search._relax import HARDWARE_UNITS, HardwareSpace, hardware_value
@@ -44,29 +41,7 @@ def optimize_report(args) -> dict:
     t0 = time.perf_counter()
     if args.devices < 1:
         raise ValueError(f"--devices = {args.devices} must be a positive integer")
-    if args.workload is None and (args.isl is None or args.osl is None):
-        args.workload = "chat"
-    workload = _workload_from_args(args, require_load=False)
-    hw = load_hardware(args.hardware)
-    model = load_model(args.model)
-    try:
-        schemes = [
-            canonical_scheme(s)
-            for s in (args.schemes or "aggregated,disaggregated,afd").split(",")
-            if s.strip()
-        ]
-    except ValueError:
-        raise ValueError(
-            f"--schemes = {args.schemes!r} must list aggregated, disaggregated and/or afd"
-        ) from None
-    fixed_load = args.concurrency is not None or args.rate is not None
-    space = GridSpace(
-        batch_ladder=geometric_ladder(1, args.max_batch),
-        max_pp=args.max_pp,
-        max_num_tokens=float(args.max_num_tokens),
-        load="workload" if fixed_load else "saturate",
-    )
-    dtypes = default_dtypes(model, args.dtype, args.moe_dtype, args.kv_dtype)
+    workload, hw, model, schemes, space, dtypes = search_inputs(args)
     objective = make_objective(
         args.objective,
         electricity_usd_per_kwh=args.electricity_usd_per_kwh,

@@ -643,18 +643,12 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def compare_report(args) -> dict:
-    """Run ``compare`` for parsed arguments and return the JSON-ready report."""
+def search_inputs(args):
+    """``(workload, hw, model, schemes, space, dtypes)`` from the flags ``compare`` and
+    ``optimize`` share (default workload ``chat`` unless ISL and OSL are both given)."""
     from .hardware import load_hardware
     from .model import load_model
-    from .search import (
-        GridSpace,
-        applicable_schemes,
-        canonical_scheme,
-        default_dtypes,
-        geometric_ladder,
-        grid_search,
-    )
+    from .search import GridSpace, canonical_scheme, default_dtypes, geometric_ladder
 
     if args.workload is None and (args.isl is None or args.osl is None):
         args.workload = "chat"
@@ -679,6 +673,14 @@ def compare_report(args) -> dict:
         load="workload" if fixed_load else "saturate",
     )
     dtypes = default_dtypes(model, args.dtype, args.moe_dtype, args.kv_dtype)
+    return workload, hw, model, schemes, space, dtypes
+
+
+def compare_report(args) -> dict:
+    """Run ``compare`` for parsed arguments and return the JSON-ready report."""
+    from .search import applicable_schemes, grid_search
+
+    workload, hw, model, schemes, space, dtypes = search_inputs(args)
     skipped = applicable_schemes(model, schemes)
     t0 = time.perf_counter()
     results = grid_search(
