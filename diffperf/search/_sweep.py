@@ -97,16 +97,10 @@ class Axis:
     values: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepSpace:
-    """A loaded design space: the base design point, the axes and the outputs."""
+class _CartesianAxes:
+    """Shape and size of the cartesian product of ``self.axes``."""
 
-    point: Point
     axes: tuple[Axis, ...]
-    outputs: tuple[str, ...]
-    chunk: int = 1 << 16
-    tau: float = 0.0
-    source: str = "<space>"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -115,6 +109,18 @@ class SweepSpace:
     @property
     def size(self) -> int:
         return int(math.prod(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpace(_CartesianAxes):
+    """A loaded design space: the base design point, the axes and the outputs."""
+
+    point: Point
+    axes: tuple[Axis, ...]
+    outputs: tuple[str, ...]
+    chunk: int = 1 << 16
+    tau: float = 0.0
+    source: str = "<space>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,7 +733,7 @@ def set_pipeline_values(p, values: dict, names: dict | None = None):
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineSweepSpace:
+class PipelineSweepSpace(_CartesianAxes):
     """A pipeline, the axes (canonical leaf names, SI values) and the outputs
     (:class:`diffperf.pipeline.PipelineResult` scalars)."""
 
@@ -737,14 +743,6 @@ class PipelineSweepSpace:
     chunk: int = 1 << 12
     tau: float = 0.0
     source: str = "<pipeline space>"
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(len(a.values) for a in self.axes)
-
-    @property
-    def size(self) -> int:
-        return int(math.prod(self.shape))
 
 
 def load_pipeline_space(path_or_dict, base_dir: Path | None = None) -> PipelineSweepSpace:
