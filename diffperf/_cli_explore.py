@@ -373,6 +373,11 @@ def sweep_report(args) -> dict:
     rep = run_sweep(
         space, args.output, progress=not args.no_progress, collect=collect, process=(pidx, pcount)
     )
+    return _finish_sweep(args, space, rep)
+
+
+def _finish_sweep(args, space, rep: dict) -> dict:
+    """Draw the optional plot and make the report JSON-safe (non-finite ranges -> null)."""
     if args.plot:
         from ._plot_search import sweep_plot
 
@@ -425,20 +430,7 @@ def pipeline_sweep_report(args) -> dict:
     rep = run_pipeline_sweep(
         space, args.output, progress=not args.no_progress, collect=bool(args.plot)
     )
-    if args.plot:
-        from ._plot_search import sweep_plot
-
-        metric = args.plot_metric or space.outputs[0]
-        if metric not in rep.get("columns", {}):
-            raise ValueError(f"--plot-metric = {metric!r} is not among the outputs {space.outputs}")
-        sweep_plot(rep["columns"], rep["axes"], metric, args.plot, f"{metric} ({space.source})")
-        rep["plot"] = args.plot
-    rep.pop("columns", None)
-    for v in rep["range"].values():
-        for k in ("min", "max"):
-            if not math.isfinite(v[k]):
-                v[k] = None
-    return rep
+    return _finish_sweep(args, space, rep)
 
 
 def cmd_sweep(args) -> int:
