@@ -149,7 +149,8 @@ def _n_leaves(tree) -> int:
 _AFD = pytest.mark.slow
 _CASES = [
     ("aggregated", "open"),
-    ("aggregated", "closed"),
+    # closed-loop aggregated derivatives are also checked against FD in test_aggregated.py
+    pytest.param("aggregated", "closed", marks=pytest.mark.slow),
     ("disaggregated", "open"),
     ("disaggregated", "closed"),
     pytest.param("afd", "open", marks=_AFD),
