@@ -243,6 +243,7 @@ def test_finite_gradients_at_infeasible_and_box_corners(h100):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~40 s of compile on 2 cores; bench_search.py exercises the same path
 def test_hardware_search_matches_exhaustive_small_space(h100):
     """HBM bandwidth at 4 levels x the aggregated table, tokens per dollar: the optimiser's
     rounded answer is within 1% of brute force over all 4 x size points."""

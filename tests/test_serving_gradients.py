@@ -152,7 +152,9 @@ _CASES = [
     # closed-loop aggregated derivatives are also checked against FD in test_aggregated.py
     pytest.param("aggregated", "closed", marks=pytest.mark.slow),
     ("disaggregated", "open"),
-    ("disaggregated", "closed"),
+    # closed-loop P/D: the same root solve as the open loop, plus a reverse-mode check in
+    # test_disaggregated.py; under -m slow for CI time
+    pytest.param("disaggregated", "closed", marks=pytest.mark.slow),
     pytest.param("afd", "open", marks=_AFD),
     pytest.param(
         "afd",
