@@ -243,7 +243,7 @@ PARSER_HARDWARE_PARAMS = (
 
 def register(sub) -> None:
     """Add ``optimize`` to the `diffperf` parser."""
-    from .cli import _add_workload_flags, _positive_float, _positive_int
+    from .cli import _positive_float, _positive_int, add_search_space_flags
 
     HARDWARE_PARAMS = PARSER_HARDWARE_PARAMS
 
@@ -276,19 +276,7 @@ def register(sub) -> None:
         default=8,
         help="slices per CPU socket when splitting shared-memory engines (--pipeline)",
     )
-    p.add_argument("--schemes", default=None, help="comma list (default all three)")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--kv-dtype", default=None)
-    p.add_argument("--moe-dtype", default=None)
-    p.add_argument("--max-pp", type=_positive_int("max-pp"), default=1)
-    p.add_argument(
-        "--max-batch",
-        type=_positive_int("max-batch"),
-        default=1024,
-        help="top of the batch ladder 1, 2, 4, ...",
-    )
-    p.add_argument("--max-num-tokens", type=_positive_int("max-num-tokens"), default=8192)
-    _add_workload_flags(p)
+    add_search_space_flags(p)
     p.add_argument(
         "--objective",
         default="tokens-per-device",

@@ -832,6 +832,23 @@ def _add_workload_flags(p: argparse.ArgumentParser):
     )
 
 
+def add_search_space_flags(p: argparse.ArgumentParser):
+    """The deployment-space and workload flags ``compare`` and ``optimize`` share."""
+    p.add_argument("--schemes", default=None, help="comma list (default all three)")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--kv-dtype", default=None)
+    p.add_argument("--moe-dtype", default=None)
+    p.add_argument("--max-pp", type=_positive_int("max-pp"), default=1)
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int("max-batch"),
+        default=1024,
+        help="top of the batch ladder 1, 2, 4, ...",
+    )
+    p.add_argument("--max-num-tokens", type=_positive_int("max-num-tokens"), default=8192)
+    _add_workload_flags(p)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -933,19 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--hardware", default="h100-sxm")
     p.add_argument("--devices", type=int, required=True, help="device budget (all used)")
-    p.add_argument("--schemes", default=None, help="comma list (default all three)")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--kv-dtype", default=None)
-    p.add_argument("--moe-dtype", default=None)
-    p.add_argument("--max-pp", type=_positive_int("max-pp"), default=1)
-    p.add_argument(
-        "--max-batch",
-        type=_positive_int("max-batch"),
-        default=1024,
-        help="top of the batch ladder 1, 2, 4, ...",
-    )
-    p.add_argument("--max-num-tokens", type=_positive_int("max-num-tokens"), default=8192)
-    _add_workload_flags(p)
+    add_search_space_flags(p)
     p.add_argument("--plot", default=None, help="write the Pareto frontier PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
