@@ -101,9 +101,15 @@ def fresh_profile(tmp_path_factory):
 
 
 def test_profile_calibrate_predict_end_to_end(fresh_profile):
-    """Calibrate the CI CPU preset on 4 of 6 GEMM shape groups (+ copies) of a profile taken
-    now; the 2 unseen (n, k) groups are predicted within 15% median |error|. Copies are not
-    part of this check: below the 32 MiB L3 they measure the cache, not DRAM."""
+    """Calibrate the CI CPU preset on 4 of 6 GEMM shape groups of a profile taken now; the 2
+    unseen (n, k) groups are predicted within 25% median |error|.
+
+    The bar is set by how much live CPU timings move, not by the fit: six back-to-back runs
+    of this check on the idle 2-vCPU dev machine gave held-out medians 0.03-0.16 (small-m
+    GEMMs move +-20-35% from run to run as XLA:CPU picks different GEMV/packing paths), and
+    one CI machine gave 0.18. A broken fit is far outside it: the uncalibrated preset is
+    0.74 off on the idle dev machine, and a fit that got the compute or memory roof wrong by
+    a factor 1.5 is >= 0.33 off on the m >= 64 rows. The training rows must fit too."""
     cols = fresh_profile
     hw = load_hardware("epyc-genoa-2vcpu")
     res = fit_efficiency(hw, cols, FitConfig(steps=300, holdout=0.34, seed=0))
@@ -111,7 +117,10 @@ def test_profile_calibrate_predict_end_to_end(fresh_profile):
     assert held.sum() >= 10 and (cols["op"][held] == "gemm").all()
     pred = predict_table(res.hw, select_rows(cols, held))
     (row,) = error_table(select_rows(cols, held), pred)
-    assert row["median_abs_rel_err"] < 0.15, row
+    assert row["median_abs_rel_err"] < 0.25, row
+    train = select_rows(cols, res.train_mask)
+    (train_row,) = error_table(train, predict_table(res.hw, train))
+    assert train_row["median_abs_rel_err"] < 0.25, train_row
     for p in res.params:
         if p.transform == "unit":
             assert 0 < p.value <= 1
