@@ -293,10 +293,9 @@ def solve_serving(tpot_fn, args, units, max_batch, pool: PrefillPool, workload, 
     # The interpolant's root can sit ~10% off the exact one where TPOT(B) bends (few nodes
     # at small B), so one undifferentiated Newton step with the exact TPOT (interpolant
     # slope) moves onto the root before the differentiated step is taken there.
-    # Slopes come from the interpolant (cheap scalar jvp): the residual's B-slope is
-    # dominated by its exact 1/B term, and TPOT's own slope enters only through
-    # B·TPOT'/TPOT (under 1% at the test points), so the exact slope (a forward-mode pass
-    # through the whole step, ~2.5x its cost) is not worth it.
+    # Slopes are never a forward-mode pass through the whole step (~2.5x its cost): the
+    # first Newton step takes the interpolant's, the differentiated one a secant through
+    # two exact evaluations (below).
     slope_at = lambda b: lax.stop_gradient(jax.jvp(g_s, (b,), (jnp.ones(()),))[1])
     b0 = _illinois(g_s, jnp.zeros(()), -jnp.ones(()), bmax, g_hi, ROOT_ITERATIONS)
     b0 = lax.stop_gradient(jnp.clip(b0, 0.0, bmax))
@@ -314,7 +313,22 @@ def solve_serving(tpot_fn, args, units, max_batch, pool: PrefillPool, workload, 
     t_b0 = lax.stop_gradient(tpot_fn(const_args, b0)[0])
     saturated = g_hi < 0  # no root: the decode pool runs full (B = B_max)
     b1 = lax.stop_gradient(_newton(b0, resid(t_b0, b0), slope_at(b0), bmax))
-    b = _newton(b1, resid(tpot_fn(args, b1)[0], b1), slope_at(b1), bmax)
+    t_b1 = tpot_fn(args, b1)[0]
+    # The IFT step's B-slope: TPOT'(b1) from the secant through the two exact evaluations
+    # (b0 and b1 are a Newton step apart, far closer than the interpolant's nodes, whose
+    # chords can be off TPOT' by a factor of 3 where the step bends); the interpolant's
+    # slope where the two points nearly coincide (the secant would be rounding noise).
+    gap = b1 - b0
+    near = jnp.abs(gap) <= 1e-4 * jnp.maximum(b1, 1e-9)
+    t_prime = jnp.where(
+        near,
+        jax.jvp(lambda x: _interp_nodes(x, bmax, t_nodes), (b1,), (jnp.ones(()),))[1],
+        (lax.stop_gradient(t_b1) - t_b0) / jnp.where(near, 1.0, gap),
+    )
+    t1c, t_prime = lax.stop_gradient(t_b1), lax.stop_gradient(t_prime)
+    t_lin = lambda x: t1c + t_prime * (x - b1)  # TPOT near b1 (constant to the outer AD)
+    slope_b1 = lax.stop_gradient(jax.jvp(lambda x: resid(t_lin(x), x), (b1,), (jnp.ones(()),))[1])
+    b = _newton(b1, resid(t_b1, b1), slope_b1, bmax)
     b = jnp.where(saturated, bmax, b)
     tpot, aux = tpot_fn(args, b)
     x_d = safe_div(units * b, steps * tpot)

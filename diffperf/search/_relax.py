@@ -30,6 +30,7 @@ the domain size on integers) that defines the exact space the rounded answer liv
 """
 
 import dataclasses
+import functools
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -197,18 +198,23 @@ class RelaxedSpace:
             idx = idx[np.argsort(d, kind="stable")[:cap]]
         return idx
 
+    @functools.cached_property
+    def _row_norms(self) -> np.ndarray:
+        return (self.rows**2).sum(axis=1)
+
     def nearest(self, z: np.ndarray, k: int) -> np.ndarray:
         """Indices of the ``k`` table rows nearest each point of ``z`` (``(m, dim)``), sorted
         by distance: ``(m, min(k, size))``."""
         z = np.atleast_2d(np.asarray(z, dtype=float))
         k = min(int(k), len(self.rows))
-        out = np.empty((len(z), k), dtype=np.int64)
-        r2 = (self.rows**2).sum(axis=1)
-        for i, p in enumerate(z):
-            d = r2 - 2.0 * self.rows @ p + (p**2).sum()
-            idx = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
-            out[i] = idx[np.argsort(d[idx], kind="stable")]
-        return out
+        # squared distances of every point to every row in one product: (m, size)
+        d = self._row_norms[None, :] - 2.0 * (z @ self.rows.T) + (z**2).sum(axis=1)[:, None]
+        if k < d.shape[1]:
+            idx = np.argpartition(d, k - 1, axis=1)[:, :k]
+        else:
+            idx = np.broadcast_to(np.arange(d.shape[1]), d.shape)
+        order = np.argsort(np.take_along_axis(d, idx, axis=1), axis=1, kind="stable")
+        return np.take_along_axis(idx, order, axis=1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
