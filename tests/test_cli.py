@@ -174,3 +174,24 @@ def test_kernels_cli_on_shared_tables(tmp_path, capsys):
     r = json.loads(out)
     assert r["rows"] > 20000
     assert r["wall_s"] < 60  # vectorised: seconds, not minutes (loose: shared CI cores)
+
+
+def test_compilation_cache_location(tmp_path, monkeypatch):
+    """The console command keeps compiled programs under $DIFFPERF_CACHE_DIR, else
+    $XDG_CACHE_HOME/diffperf/jax; 'off' disables it. jax.config.update is recorded, not
+    applied, so the test session's own compilation is untouched."""
+    import jax
+
+    from diffperf import cli
+
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda k, v: calls.append((k, v)))
+    monkeypatch.setenv("DIFFPERF_CACHE_DIR", "off")
+    assert cli.enable_compilation_cache() is None and calls == []
+    monkeypatch.delenv("DIFFPERF_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    where = cli.enable_compilation_cache()
+    assert where == str(tmp_path / "diffperf" / "jax") and (tmp_path / "diffperf" / "jax").is_dir()
+    assert ("jax_compilation_cache_dir", where) in calls
+    monkeypatch.setenv("DIFFPERF_CACHE_DIR", str(tmp_path / "c"))
+    assert cli.enable_compilation_cache() == str(tmp_path / "c")
