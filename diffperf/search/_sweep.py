@@ -523,6 +523,45 @@ def part_path(path: Path, index: int, count: int) -> Path:
     return path.with_name(f"{path.stem}.part{index}-of-{count}{path.suffix}")
 
 
+class _ChunkSink:
+    """Evaluated chunks as rows ``(axes, outputs, feasible)``: streamed to ``writer``, kept
+    with ``collect``, with each output's finite min/max and the feasible and point counts."""
+
+    def __init__(self, names: tuple, outputs: tuple, collect: bool):
+        self.names, self.outputs, self.collect = names, tuple(outputs), collect
+        self.columns = [*names, *outputs, "feasible"]
+        self.writer = None
+        self.stats = {k: [math.inf, -math.inf] for k in outputs}
+        self.kept, self.feasible, self.points = [], 0, 0
+
+    def add(self, cols, out: dict, k: int) -> None:
+        """The first ``k`` points of a chunk: axis columns ``cols``, outputs ``out``."""
+        block = np.empty((k, len(self.columns)))
+        for i, v in enumerate(cols):
+            block[:, i] = v[:k]
+        for j, name in enumerate((*self.outputs, "feasible")):
+            block[:, len(self.names) + j] = np.asarray(out[name])[:k]
+        for j, name in enumerate(self.outputs):
+            col = block[:, len(self.names) + j]
+            fin = col[np.isfinite(col)]
+            if len(fin):
+                self.stats[name][0] = min(self.stats[name][0], float(fin.min()))
+                self.stats[name][1] = max(self.stats[name][1], float(fin.max()))
+        self.feasible += int(np.sum(block[:, -1] > 0.5))
+        self.points += k
+        if self.writer is not None:
+            self.writer.write(block)
+        if self.collect:
+            self.kept.append(block)
+
+    def ranges(self) -> dict:
+        return {k: {"min": v[0], "max": v[1]} for k, v in self.stats.items()}
+
+    def collected(self) -> dict:
+        block = np.concatenate(self.kept) if self.kept else np.empty((0, len(self.columns)))
+        return {c: block[:, i] for i, c in enumerate(self.columns)}
+
+
 def run_sweep(
     space: SweepSpace,
     output: "str | Path | None" = None,
@@ -551,21 +590,16 @@ def run_sweep(
     mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
     names = tuple(a.name for a in space.axes)
-    columns = [*names, *space.outputs, "feasible"]
-    writer = None
+    sink = _ChunkSink(names, space.outputs, collect)
     out_path = None
     if output is not None:
         out_path = part_path(Path(output), pidx, pcount)
-        writer = _Writer(out_path, columns, output_format(output))
+        sink.writer = _Writer(out_path, sink.columns, output_format(output))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(mine) * chunk, unit="pt", unit_scale=True, desc="sweep")
-    stats = {k: [math.inf, -math.inf] for k in space.outputs}
-    n_feasible = 0
-    n_points = 0
-    kept = []
     t0 = time.perf_counter()
 
     def launch(c):
@@ -576,26 +610,8 @@ def run_sweep(
         return s, e, cols, out
 
     def finish(item):
-        nonlocal n_feasible, n_points
         s, e, cols, out = item
-        k = e - s
-        block = np.empty((k, len(columns)))
-        for i, v in enumerate(cols):
-            block[:, i] = v[:k]
-        for j, name in enumerate((*space.outputs, "feasible")):
-            block[:, len(names) + j] = np.asarray(out[name])[:k]
-        for j, name in enumerate(space.outputs):
-            col = block[:, len(names) + j]
-            fin = col[np.isfinite(col)]
-            if len(fin):
-                stats[name][0] = min(stats[name][0], float(fin.min()))
-                stats[name][1] = max(stats[name][1], float(fin.max()))
-        n_feasible += int(np.sum(block[:, -1] > 0.5))
-        n_points += k
-        if writer is not None:
-            writer.write(block)
-        if collect:
-            kept.append(block)
+        sink.add(cols, out, e - s)
         if bar is not None:
             bar.update(chunk)
 
@@ -609,13 +625,13 @@ def run_sweep(
         if pending is not None:
             finish(pending)
     finally:
-        if writer is not None:
-            writer.close()
+        if sink.writer is not None:
+            sink.writer.close()
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
     summary = {
-        "points": n_points,
+        "points": sink.points,
         "space_points": space.size,
         "shape": list(space.shape),
         "axes": list(names),
@@ -624,15 +640,14 @@ def run_sweep(
         "process": [pidx, pcount],
         "chunk": chunk,
         "chunks": len(mine),
-        "feasible": n_feasible,
-        "range": {k: {"min": v[0], "max": v[1]} for k, v in stats.items()},
+        "feasible": sink.feasible,
+        "range": sink.ranges(),
         "output": None if out_path is None else str(out_path),
         "wall_s": wall,
-        "points_per_s": n_points / wall if wall > 0 else None,
+        "points_per_s": sink.points / wall if wall > 0 else None,
     }
     if collect:
-        block = np.concatenate(kept) if kept else np.empty((0, len(columns)))
-        summary["columns"] = {c: block[:, i] for i, c in enumerate(columns)}
+        summary["columns"] = sink.collected()
     return summary
 
 
@@ -843,16 +858,14 @@ def run_pipeline_sweep(
     mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
     names = tuple(a.name for a in space.axes)
-    outs = (*space.outputs, "feasible")
-    columns = [*names, *outs]
-    writer = _Writer(Path(output), columns, output_format(output)) if output else None
+    sink = _ChunkSink(names, space.outputs, collect)
+    if output:
+        sink.writer = _Writer(Path(output), sink.columns, output_format(output))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=space.size, unit="pt", unit_scale=True, desc="sweep")
-    stats = {k: [math.inf, -math.inf] for k in space.outputs}
-    kept, n_feasible = [], 0
     t0 = time.perf_counter()
     try:
         for c in range(n_chunks):
@@ -862,28 +875,12 @@ def run_pipeline_sweep(
             out = _evaluate_pipeline_chunk(
                 space.pipeline, names, space.outputs, space.tau, dev_cols
             )
-            k = e - s
-            block = np.empty((k, len(columns)))
-            for i, v in enumerate(cols):
-                block[:, i] = v[:k]
-            for j, name in enumerate(outs):
-                block[:, len(names) + j] = np.asarray(out[name])[:k]
-            for j, name in enumerate(space.outputs):
-                fin = block[:, len(names) + j]
-                fin = fin[np.isfinite(fin)]
-                if len(fin):
-                    stats[name][0] = min(stats[name][0], float(fin.min()))
-                    stats[name][1] = max(stats[name][1], float(fin.max()))
-            n_feasible += int(np.sum(block[:, -1] > 0.5))
-            if writer is not None:
-                writer.write(block)
-            if collect:
-                kept.append(block)
+            sink.add(cols, out, e - s)
             if bar is not None:
-                bar.update(k)
+                bar.update(e - s)
     finally:
-        if writer is not None:
-            writer.close()
+        if sink.writer is not None:
+            sink.writer.close()
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
@@ -897,13 +894,12 @@ def run_pipeline_sweep(
         "process": [0, 1],
         "chunk": chunk,
         "chunks": n_chunks,
-        "feasible": n_feasible,
-        "range": {k: {"min": v[0], "max": v[1]} for k, v in stats.items()},
+        "feasible": sink.feasible,
+        "range": sink.ranges(),
         "output": None if output is None else str(output),
         "wall_s": wall,
         "points_per_s": space.size / wall if wall > 0 else None,
     }
     if collect:
-        block = np.concatenate(kept) if kept else np.empty((0, len(columns)))
-        summary["columns"] = {c: block[:, i] for i, c in enumerate(columns)}
+        summary["columns"] = sink.collected()
     return summary
