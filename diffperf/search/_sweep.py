@@ -523,6 +523,17 @@ def part_path(path: Path, index: int, count: int) -> Path:
     return path.with_name(f"{path.stem}.part{index}-of-{count}{path.suffix}")
 
 
+def _chunking(size: int, chunk: int, devices: list | None):
+    """``(devices, chunk, n_chunks, sharding)``: chunks a multiple of the device count (each
+    device gets an equal slice), sharded along one ``points`` mesh axis."""
+    devices = list(devices or jax.local_devices())
+    n_dev = len(devices)
+    chunk = max(n_dev, (min(chunk, max(size, 1)) + n_dev - 1) // n_dev * n_dev)
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
+    return devices, chunk, (size + chunk - 1) // chunk, sharding
+
+
 class _ChunkSink:
     """Evaluated chunks as rows ``(axes, outputs, feasible)``: streamed to ``writer``, kept
     with ``collect``, with each output's finite min/max and the feasible and point counts."""
@@ -581,14 +592,10 @@ def run_sweep(
     **Returns:** a summary dict (points, devices, chunks, wall time, per-output min/max, the
     feasible count, the output path) and, with ``collect``, ``columns``.
     """
-    devices = list(devices or jax.local_devices())
+    devices, chunk, n_chunks, sharding = _chunking(space.size, space.chunk, devices)
     n_dev = len(devices)
     pidx, pcount = process or (jax.process_index(), jax.process_count())
-    chunk = max(n_dev, (min(space.chunk, max(space.size, 1)) + n_dev - 1) // n_dev * n_dev)
-    n_chunks = (space.size + chunk - 1) // chunk
     mine = list(range(pidx, n_chunks, pcount))
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
     names = tuple(a.name for a in space.axes)
     sink = _ChunkSink(names, space.outputs, collect)
     out_path = None
@@ -851,12 +858,8 @@ def run_pipeline_sweep(
     """Evaluate every point of a pipeline sweep in vmapped chunks (sharded over ``devices``);
     stream rows (axes, outputs, feasible) to ``output``. **Returns:** the summary dict of
     :func:`run_sweep` (and ``columns`` with ``collect``)."""
-    devices = list(devices or jax.local_devices())
+    devices, chunk, n_chunks, sharding = _chunking(space.size, space.chunk, devices)
     n_dev = len(devices)
-    chunk = max(n_dev, (min(space.chunk, max(space.size, 1)) + n_dev - 1) // n_dev * n_dev)
-    n_chunks = (space.size + chunk - 1) // chunk
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("points",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("points"))
     names = tuple(a.name for a in space.axes)
     sink = _ChunkSink(names, space.outputs, collect)
     if output:
