@@ -14,6 +14,11 @@ JSON object:
 - ``load_average_1min``: the machine's load when the benchmark ran (2 = both cores busy).
 - ``profile_quick_wall_s``, ``profile_quick_rows``: ``diffperf profile --quick`` (target
   <= 60 s on 2 cores).
+- with ``--live-holdout N``: ``live_holdout``, N runs of profile -> calibrate -> predict on
+  this machine (``CPU_HOLDOUT_PLAN``: fp32 GEMMs in six (n, k) shape groups; the
+  ``epyc-genoa-2vcpu`` preset fitted on 4 groups, the 2 unseen groups predicted): per run the
+  held-out median |relative error| after and before calibration, and the training one.
+  Target: held-out <= 0.15 on an idle machine. Only meaningful on a CPU JAX backend.
 """
 
 import argparse
@@ -40,11 +45,42 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _live_holdout(runs: int) -> dict:
+    from diffperf.calibrate import error_table, predict_table
+    from diffperf.calibrate._profile import CPU_HOLDOUT_PLAN, profile_device
+
+    def median_err(hw, cols, mask):
+        sub = select_rows(cols, mask)
+        (row,) = error_table(sub, predict_table(hw, sub))
+        return row["median_abs_rel_err"]
+
+    prior = load_hardware("epyc-genoa-2vcpu")
+    per_run = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "live.csv"
+            profile_device(path, plan=CPU_HOLDOUT_PLAN, device_name="local", ops=("gemm",))
+            cols = read_kernel_csv(path)
+        res = fit_efficiency(prior, cols, FitConfig(steps=300, holdout=0.34, seed=0))
+        held = ~res.train_mask
+        per_run.append(
+            {
+                "holdout_median_abs_rel_err": median_err(res.hw, cols, held),
+                "holdout_uncalibrated": median_err(prior, cols, held),
+                "train_median_abs_rel_err": median_err(res.hw, cols, res.train_mask),
+                "load_average_1min": os.getloadavg()[0],
+            }
+        )
+    held = [r["holdout_median_abs_rel_err"] for r in per_run]
+    return {"runs": per_run, "holdout_min": min(held), "holdout_max": max(held)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="h100-sxm")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--skip-profile", action="store_true")
+    ap.add_argument("--live-holdout", type=int, default=0, metavar="N")
     args = ap.parse_args()
     out: dict = {"load_average_1min": os.getloadavg()[0], "cores": os.cpu_count()}
 
@@ -72,6 +108,8 @@ def main() -> None:
             t0 = time.perf_counter()
             r = profile_device(Path(d) / "quick.csv", quick=True)
             out.update(profile_quick_wall_s=time.perf_counter() - t0, profile_quick_rows=r["rows"])
+    if args.live_holdout:
+        out["live_holdout"] = _live_holdout(args.live_holdout)
     out["load_average_1min_after"] = os.getloadavg()[0]
     print(json.dumps(out, indent=2))
 

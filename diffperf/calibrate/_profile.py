@@ -186,6 +186,28 @@ def _memcpy_fn():
     return jax.jit(lambda x: x + jnp.asarray(1, x.dtype), donate_argnums=0)
 
 
+# The shape hold-out check of a CPU profile (tests/test_profile.py, benchmarks/bench_calibrate.py
+# --live-holdout): fp32 GEMMs large enough to time on a shared 2-core machine (>= ~50 us) and
+# at most 3e8 FLOP (~3 ms), since larger ones switch to multi-threaded kernels that a loaded
+# machine slows by 3x or more at random; six (n, k) shape groups, so that a hold-out split by
+# shape group leaves shapes the fit never saw.
+CPU_HOLDOUT_PLAN = {
+    "gemm_dtypes": ("fp32",),
+    "gemm_nk": ((512, 1024), (1024, 1024), (1024, 512), (2048, 512), (512, 2048), (1024, 2048)),
+    "gemm_m": (1, 8, 16, 64, 128, 256),
+    "gemm_max_flop": 3e8,
+    "attn_dtypes": ("fp32",),
+    "prefill": (),
+    "prefill_seq": (),
+    "decode": (),
+    "decode_kv": (),
+    "memcpy_bytes": tuple(1 << p for p in range(20, 27, 2)),
+    "repeats": 5,
+    "budget_s": 0.04,
+    "passes": 2,
+}
+
+
 def profile_plan(quick: bool, platform_name: str) -> dict:
     """Shapes and dtypes to measure (``quick``: the reduced set, ≤ 60 s on 2 CPU cores)."""
     gpu = platform_name != "cpu"
