@@ -129,7 +129,9 @@ def test_profile_calibrate_predict_end_to_end(fresh_profile, live_fit):
 def test_profile_holdout_accuracy_on_idle_machine(fresh_profile, live_fit):
     """On an idle machine the 2 unseen GEMM shape groups are predicted within 25% median
     |error| (six runs on the idle dev machine: 0.03-0.16; a fit with the compute or memory
-    roof 1.5x off is >= 0.33 off on the m >= 64 rows; the uncalibrated preset is 0.74 off).
+    roof 1.5x off is >= 0.33 off on the m >= 64 rows). With the preset re-fitted on an idle
+profile (2026-11-28), ``bench_calibrate.py --live-holdout 4`` gave 0.08-0.12 (the preset
+itself, uncalibrated: 0.07-0.18).
     Not in CI: a busy or different CI machine gave 0.32 once (see the test above)."""
     cols = fresh_profile
     _, res = live_fit
@@ -141,13 +143,13 @@ def test_profile_holdout_accuracy_on_idle_machine(fresh_profile, live_fit):
 
 @pytest.mark.slow
 def test_shipped_cpu_preset_predicts_fresh_profile(fresh_profile):
-    """The shipped preset (calibrated earlier on this machine) predicts a fresh profile
-    within a loose bar: a shared machine's load changes absolute speed by tens of %.
+    """The shipped preset (calibrated on an idle profile of this machine) predicts a fresh
+    profile within 30% median |error| per op (measured 0.07-0.18 on the idle dev machine).
 
-    Not in CI: CI may run on another CPU model, and the preset was calibrated while the
-    machine was shared (load 6-15); on an idle machine gemm fp32 came out 74% faster than it
-    predicts. The end-to-end check above (calibrate on this run's own rows) is the CI one."""
+    Not in CI: CI may run on another CPU model or a busy host (an earlier profile under load
+    average 5-10 had kernels 1-8x slower). The end-to-end check above (calibrate on this
+    run's own rows) is the CI one."""
     cols = fresh_profile
     pred = predict_table(load_hardware("epyc-genoa-2vcpu"), cols)
     for row in error_table(cols, pred):
-        assert row["median_abs_rel_err"] < 0.6, row
+        assert row["median_abs_rel_err"] < 0.3, row

@@ -234,6 +234,9 @@ def profile_plan(quick: bool, platform_name: str) -> dict:
             "memcpy_bytes": tuple(1 << p for p in range(18, 27, 2)),
             "repeats": 7,
             "budget_s": 0.1,
+            # CPU: every kernel twice, in two shuffled orders, keeping its best (a one-pass
+            # idle profile had m=8 GEMMs 2-3x off their neighbours at random)
+            "passes": 2 if not gpu else 1,
         }
     else:
         plan = {
