@@ -128,11 +128,11 @@ def test_profile_calibrate_predict_end_to_end(fresh_profile, live_fit):
 @pytest.mark.slow
 def test_profile_holdout_accuracy_on_idle_machine(fresh_profile, live_fit):
     """On an idle machine the 2 unseen GEMM shape groups are predicted within 25% median
-    |error| (six runs on the idle dev machine: 0.03-0.16; a fit with the compute or memory
-    roof 1.5x off is >= 0.33 off on the m >= 64 rows). With the preset re-fitted on an idle
-profile (2026-11-28), ``bench_calibrate.py --live-holdout 4`` gave 0.08-0.12 (the preset
-itself, uncalibrated: 0.07-0.18).
-    Not in CI: a busy or different CI machine gave 0.32 once (see the test above)."""
+        |error| (six runs on the idle dev machine: 0.03-0.16; a fit with the compute or memory
+        roof 1.5x off is >= 0.33 off on the m >= 64 rows). With the preset re-fitted on an idle
+    profile (2026-11-28), ``bench_calibrate.py --live-holdout 4`` gave 0.08-0.12 (the preset
+    itself, uncalibrated: 0.07-0.18).
+        Not in CI: a busy or different CI machine gave 0.32 once (see the test above)."""
     cols = fresh_profile
     _, res = live_fit
     assert _holdout_error(cols, res.hw, ~res.train_mask) < 0.25
