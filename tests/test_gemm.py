@@ -10,7 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from diffperf.hardware import load_hardware
-from diffperf.ops._gemm import gemm_compute_eff, gemm_cost
+from diffperf.ops._gemm import gemm_compute_eff, gemm_cost, gemm_costs
 
 from .helpers import assert_median_error_bars, shared_data_dir
 
@@ -151,3 +151,33 @@ def test_validation_gemm():
     if not (DATA / "gemm.csv").exists():
         pytest.skip("measured data folder absent")
     assert_median_error_bars(DATA / "gemm.csv", 0.15)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_batched_gemms_equal_the_sum_of_single_ones(hw, dtype):
+    """``gemm_costs`` (one broadcast call) gives every leg of the weighted sum of separate
+    ``gemm_cost`` calls, for scalar and vector (vmapped-sweep) shapes, and the same gradient
+    with respect to the hardware."""
+    gates = [1.0, 0.5, 0.0]
+
+    def shapes(m):
+        return [(m, 7168.0, 1536.0), (3.0 * m, 24576.0, 1536.0), (2.0 * m + 5.0, 576.0, 7168.0)]
+
+    def separate(h, m):
+        costs = [
+            gemm_cost(h, a, b, c, dtype, 0.05).scale(g) for (a, b, c), g in zip(shapes(m), gates)
+        ]
+        return costs[0] + costs[1] + costs[2]
+
+    def batched(h, m):
+        return gemm_costs(h, shapes(m), dtype, 0.05, weights=gates)
+
+    for m in (jnp.asarray(37.0), jnp.array([1.0, 37.0, 4096.0])):
+        a, b = separate(hw, m), batched(hw, m)
+        for leg in ("time_s", "compute_s", "memory_s", "flop", "bytes"):
+            np.testing.assert_allclose(getattr(b, leg), getattr(a, leg), rtol=1e-12)
+            assert getattr(b, leg).shape == m.shape
+    ga = jax.grad(lambda h: separate(h, 37.0).time_s)(hw)
+    gb = jax.grad(lambda h: batched(h, 37.0).time_s)(hw)
+    for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(y, x, rtol=1e-10, atol=1e-30)

@@ -24,7 +24,7 @@ from ._collectives import (
 )
 from ._cost import OpCost as OpCost, roofline_cost as roofline_cost, sum_costs as sum_costs
 from ._elementwise import elementwise_cost as elementwise_cost, embedding_cost as embedding_cost
-from ._gemm import gemm_cost as gemm_cost
+from ._gemm import gemm_cost as gemm_cost, gemm_costs as gemm_costs
 from ._moe import (
     expected_experts_touched as expected_experts_touched,
     moe_layer_cost as moe_layer_cost,

@@ -492,7 +492,7 @@ def mla_module_cost(
     - Small kernels (RMSNorm of q/kv latents, RoPE, quantisation, cache append):
       ``mla_module_fixed_s + T · h · mla_module_token_s``.
     """
-    from ._gemm import gemm_cost
+    from ._gemm import gemm_costs
 
     if phase not in ("prefill", "decode"):
         raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
@@ -514,14 +514,21 @@ def mla_module_cost(
     )
     qdim = h * (nope + rope)
     has_qlora = model.q_lora_rank > 0
-    qa = gemm_cost(hw, tokens, jnp.where(has_qlora, model.q_lora_rank, qdim), d, gemm_dtype, tau)
-    qb = gemm_cost(hw, tokens, qdim, jnp.where(has_qlora, model.q_lora_rank, 1.0), gemm_dtype, tau)
-    qb = qb.scale(jnp.where(has_qlora, 1.0, 0.0))
-    kva = gemm_cost(hw, tokens, r + rope, d, gemm_dtype, tau)
-    o = gemm_cost(hw, tokens, d, h * vd, gemm_dtype, tau)
+    # projections in the weight format: q down (or the full q without a q LoRA), q up (gated
+    # off without a q LoRA), kv down, output; prefill also expands the cached latents (kv up)
+    proj = [
+        (tokens, jnp.where(has_qlora, model.q_lora_rank, qdim), d),
+        (tokens, qdim, jnp.where(has_qlora, model.q_lora_rank, 1.0)),
+        (tokens, r + rope, d),
+        (tokens, d, h * vd),
+    ]
+    gate = [1.0, jnp.where(has_qlora, 1.0, 0.0), 1.0, 1.0]
     if phase == "prefill":
         prefix = jnp.maximum(kv - s, 0.0)
-        kvb = gemm_cost(hw, b * (prefix + s), h * (nope + vd), r, gemm_dtype, tau)
+        proj.append((b * (prefix + s), h * (nope + vd), r))
+        gate.append(1.0)
+    gemms = gemm_costs(hw, proj, gemm_dtype, tau, weights=gate)
+    if phase == "prefill":
         if model.attention == "dsa":
             att = dsa_prefill_cost(
                 hw,
@@ -542,10 +549,10 @@ def mla_module_cost(
             )
         else:
             att = mla_prefill_cost(hw, b, s, h, r, nope, rope, vd, dtype, kv_dtype, prefix, tau)
-        parts = [qa, qb, kva, kvb, att, o]
+        parts = [gemms, att]
     else:
-        uk = gemm_cost(hw, tokens, h * r, nope, bmm_dtype, tau)
-        uv = gemm_cost(hw, tokens, h * vd, r, bmm_dtype, tau)
+        # absorbed up-projections: q_nope into the latent space, the latent output into v
+        bmm = gemm_costs(hw, [(tokens, h * r, nope), (tokens, h * vd, r)], bmm_dtype, tau)
         if model.attention == "dsa":
             att = dsa_decode_cost(
                 hw,
@@ -563,7 +570,7 @@ def mla_module_cost(
             )
         else:
             att = mla_decode_cost(hw, b, kv, h, r, rope, dtype, kv_dtype, tau)
-        parts = [qa, qb, kva, uk, att, uv, o]
+        parts = [gemms, bmm, att]
     small_s = e.mla_module_fixed_s + tokens * h * e.mla_module_token_s
     small = OpCost(small_s, jnp.zeros_like(small_s), small_s)
     return sum_costs(*parts, small)

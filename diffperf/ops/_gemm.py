@@ -132,3 +132,37 @@ def gemm_cost(
         qbytes = m * k * (2.0 + ab)
         t = t + e.act_quant_passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
     return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
+
+
+def gemm_costs(
+    hw: Hardware,
+    shapes,
+    dtype: str,
+    tau: float = 0.0,
+    out_dtype: str = "bf16",
+    weights=None,
+) -> OpCost:
+    """Summed cost of several GEMMs of one format, evaluated as ONE broadcast :func:`gemm_cost`.
+
+    The same numbers as adding the :func:`gemm_cost` of each ``(m, n, k)`` in ``shapes``
+    (each scaled by its entry of ``weights``, default 1), but the shapes travel along a new
+    last axis, so a traced model carries one copy of the GEMM law instead of one per
+    projection. That keeps the programs XLA compiles for gradient searches small.
+
+    **Arguments:** ``hw``; ``shapes``: a sequence of ``(m, n, k)`` (float leaves, mutually
+    broadcastable); ``dtype``/``out_dtype``/``tau`` as in :func:`gemm_cost`; ``weights``:
+    optional per-GEMM multipliers (e.g. 0/1 gates).
+
+    **Returns:** an :class:`OpCost` of the broadcast shape of the inputs.
+    """
+    dims = [jnp.asarray(x, dtype=float) for s in shapes for x in s]
+    if weights is not None:
+        dims += [jnp.asarray(x, dtype=float) for x in weights]
+    dims = jnp.broadcast_arrays(*dims)
+    g = len(shapes)
+    m, n, k = (jnp.stack(dims[i : 3 * g : 3], axis=-1) for i in range(3))
+    c = gemm_cost(hw, m, n, k, dtype, tau, out_dtype)
+    if weights is not None:
+        c = c.scale(jnp.stack(dims[3 * g :], axis=-1))
+    legs = (c.time_s, c.compute_s, c.memory_s, c.comm_s, c.flop, c.bytes)
+    return OpCost(*(jnp.sum(x, axis=-1) for x in legs))

@@ -28,6 +28,7 @@ from ..ops import (
     elementwise_cost,
     embedding_cost,
     gemm_cost,
+    gemm_costs,
     mla_module_cost,
     moe_combine_cost,
     moe_dispatch_cost,
@@ -162,8 +163,7 @@ def gqa_attention_block(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> 
     hq, hkv = _heads_per_device(model, plan)
     hd, d = model.head_dim, model.hidden_size
     wd = plan.weight_dtype
-    qkv = gemm_cost(hw, m_tok, (hq + 2.0 * hkv) * hd, d, wd, tau)
-    o = gemm_cost(hw, m_tok, d, hq * hd, wd, tau)
+    proj = gemm_costs(hw, [(m_tok, (hq + 2.0 * hkv) * hd, d), (m_tok, d, hq * hd)], wd, tau)
     dec = attention_decode_cost(
         hw,
         mb.decode_seqs / plan.dp,
@@ -189,7 +189,7 @@ def gqa_attention_block(hw, model, plan, mb: BatchShape, m_tok, window, tau) -> 
         window=window,
         tau=tau,
     )
-    return qkv + o + gated(dec, mb.decode_seqs) + gated(pre, mb.prefill_seqs)
+    return proj + gated(dec, mb.decode_seqs) + gated(pre, mb.prefill_seqs)
 
 
 def gated(cost: OpCost, count) -> OpCost:
@@ -233,10 +233,10 @@ def dense_ffn_block(hw, model, plan, m_tok, width, dtype, tau) -> OpCost:
     """Gated (or plain) MLP of ``width`` intermediate units, TP-sharded over ``plan.tp``."""
     mats_in = 2.0 if model.gated_mlp else 1.0
     w = width / plan.tp
-    up = gemm_cost(hw, m_tok, mats_in * w, model.hidden_size, dtype, tau)
+    d = model.hidden_size
+    up_down = gemm_costs(hw, [(m_tok, mats_in * w, d), (m_tok, d, w)], dtype, tau)
     act = elementwise_cost(hw, m_tok * w, (mats_in + 1.0) * 2.0, tau)
-    down = gemm_cost(hw, m_tok, model.hidden_size, w, dtype, tau)
-    return up + act + down
+    return up_down + act
 
 
 def tp_all_reduce(hw, plan, m_tok, hidden, tau) -> OpCost:
