@@ -16,7 +16,7 @@ def _bound(s: str):
         raise argparse.ArgumentTypeError(
             f"--bound = {s!r} must look like PARAM=LO:HI (e.g. hbm_bandwidth=2000:16000)"
         ) from None
-    name = name.strip().lower().replace("-", "_")
+    name = _hardware_param_name(name)
     if name not in HARDWARE_PARAMS:
         raise argparse.ArgumentTypeError(
             f"--bound {name!r} must name one of {', '.join(HARDWARE_PARAMS)}"
@@ -241,6 +241,31 @@ PARSER_HARDWARE_PARAMS = (
 )
 
 
+# and search._relax.HARDWARE_PARAM_ALIASES: the sensitivity/projection spellings
+PARSER_HARDWARE_ALIASES = {
+    "hbm_bw": "hbm_bandwidth",
+    "scaleup_bw": "scaleup_bandwidth",
+    "scaleout_bw": "nic_bandwidth",
+    "scaleout_bandwidth": "nic_bandwidth",
+}
+
+
+def _hardware_param_name(s: str) -> str:
+    name = str(s).strip().lower().replace("-", "_")
+    return PARSER_HARDWARE_ALIASES.get(name, name)
+
+
+def _hardware_param(s: str) -> str:
+    """``--optimize-hardware`` entry: a hardware parameter name or alias (canonical name)."""
+    name = _hardware_param_name(s)
+    if name not in PARSER_HARDWARE_PARAMS:
+        raise argparse.ArgumentTypeError(
+            f"--optimize-hardware {s!r} must name one of {', '.join(PARSER_HARDWARE_PARAMS)} "
+            f"(or {', '.join(PARSER_HARDWARE_ALIASES)})"
+        )
+    return name
+
+
 def register(sub) -> None:
     """Add ``optimize`` to the `diffperf` parser."""
     from .cli import _positive_float, _positive_int, add_search_space_flags
@@ -287,8 +312,10 @@ def register(sub) -> None:
         nargs="+",
         default=None,
         metavar="PARAM",
-        choices=list(HARDWARE_PARAMS),
-        help="hardware parameters to search: " + ", ".join(HARDWARE_PARAMS),
+        type=_hardware_param,
+        help="hardware parameters to search: "
+        + ", ".join(HARDWARE_PARAMS)
+        + " (hbm_bw, scaleup_bw, scaleout_bw as in sensitivity/project are accepted)",
     )
     p.add_argument(
         "--bound",

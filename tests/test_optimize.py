@@ -362,7 +362,38 @@ def test_cli_optimize_errors(capsys, argv, match):
 
 def test_parser_hardware_names_match_the_search_layer():
     # the CLI spells them out so building the parser does not start the JAX backend
-    from diffperf._cli_optimize import PARSER_HARDWARE_PARAMS
-    from diffperf.search._relax import HARDWARE_PARAMS
+    from diffperf._cli_optimize import PARSER_HARDWARE_ALIASES, PARSER_HARDWARE_PARAMS
+    from diffperf.search._relax import HARDWARE_PARAM_ALIASES, HARDWARE_PARAMS
 
     assert PARSER_HARDWARE_PARAMS == HARDWARE_PARAMS
+    assert PARSER_HARDWARE_ALIASES == HARDWARE_PARAM_ALIASES
+
+
+def test_hardware_names_are_shared_by_optimize_sensitivity_and_project():
+    """One vocabulary across commands: every search parameter that is also a sensitivity /
+    projection resource is accepted under either spelling, and maps to the same leaf."""
+    from diffperf.search._relax import HARDWARE_PARAM_ALIASES, HardwareSpace
+    from diffperf.search._sensitivity import RESOURCE_ALIASES, RESOURCES, canonical_resource
+
+    for alias, name in HARDWARE_PARAM_ALIASES.items():
+        assert HardwareSpace.make([alias]).names == (name,)
+        assert canonical_resource(name) in RESOURCES
+    for alias, name in RESOURCE_ALIASES.items():
+        assert name in RESOURCES and canonical_resource(alias) == name
+    hs = HardwareSpace.make(["hbm-bw", "hbm_bandwidth"], {"hbm_bw": (2e12, 4e12)})
+    assert hs.names == ("hbm_bandwidth",) and hs.lo[0] == 2e12 and hs.hi[0] == 4e12
+
+
+def test_cli_accepts_sensitivity_spellings_of_hardware_params(capsys):
+    from diffperf.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["optimize", "--devices", "8", "--optimize-hardware", "hbm_bw", "flops"]
+        + ["--bound", "hbm_bw=2000:4000"]
+    )
+    assert args.optimize_hardware == ["hbm_bandwidth", "flops"]
+    assert args.bound == [("hbm_bandwidth", 2000e9, 4000e9)]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["optimize", "--devices", "8", "--optimize-hardware", "hbm"])
+    err = capsys.readouterr().err
+    assert "'hbm'" in err and "hbm_bandwidth" in err

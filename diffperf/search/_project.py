@@ -34,7 +34,14 @@ from .._numerics import safe_div
 from ..deploy import AbstractServingScheme, Workload
 from ..hardware import Hardware
 from ..model import ModelSpec
-from ._sensitivity import RESOURCES, Point, SensitivityError, point_metrics, set_values
+from ._sensitivity import (
+    RESOURCES,
+    Point,
+    SensitivityError,
+    canonical_resource,
+    point_metrics,
+    set_values,
+)
 
 
 CONSTRAINTS = ("ttft", "tpot", "memory", "rate")
@@ -68,6 +75,7 @@ def _check_direction(direction: dict) -> dict:
         raise SensitivityError("a projection needs at least one resource to scale")
     out = {}
     for r, d in direction.items():
+        r = canonical_resource(r)
         if r not in RESOURCES:
             raise SensitivityError(
                 f"resource = {r!r} is not a resource; resources: {', '.join(RESOURCES)}"

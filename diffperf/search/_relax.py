@@ -229,6 +229,22 @@ HARDWARE_PARAMS = (
     "domain_size",
     "nic_bandwidth",
 )
+# the sensitivity/projection spellings (search._sensitivity.RESOURCES) of the same parameters
+HARDWARE_PARAM_ALIASES = {
+    "hbm_bw": "hbm_bandwidth",
+    "scaleup_bw": "scaleup_bandwidth",
+    "scaleout_bw": "nic_bandwidth",
+    "scaleout_bandwidth": "nic_bandwidth",
+}
+
+
+def canonical_hardware_param(name: str) -> str:
+    """The :data:`HARDWARE_PARAMS` name for ``name`` or one of its aliases (``hbm_bw`` ->
+    ``hbm_bandwidth``, dashes as underscores); other names are returned unchanged."""
+    name = str(name).strip().lower().replace("-", "_")
+    return HARDWARE_PARAM_ALIASES.get(name, name)
+
+
 # default bounds (SI): a box around today's accelerators with room on both sides
 DEFAULT_HARDWARE_BOUNDS = {
     "flops": (0.25e15, 8e15),  # dense BF16 FLOP/s (A100 0.31, B200 2.25 PFLOP/s)
@@ -316,8 +332,9 @@ class HardwareSpace:
     def make(cls, names, bounds: dict | None = None, resolution: int = 32) -> "HardwareSpace":
         """Parameters ``names`` with ``bounds`` ``{name: (lo, hi)}`` (SI; default
         :data:`DEFAULT_HARDWARE_BOUNDS`) and ``resolution`` levels each."""
-        names = tuple(dict.fromkeys(str(n).strip().lower().replace("-", "_") for n in names))
-        bounds = {**DEFAULT_HARDWARE_BOUNDS, **(bounds or {})}
+        names = tuple(dict.fromkeys(canonical_hardware_param(n) for n in names))
+        bounds = {canonical_hardware_param(k): v for k, v in (bounds or {}).items()}
+        bounds = {**DEFAULT_HARDWARE_BOUNDS, **bounds}
         if int(resolution) < 2:
             raise ValueError(f"hardware resolution = {resolution} must be >= 2 levels")
         los, his, levels = [], [], []

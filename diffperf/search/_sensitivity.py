@@ -56,6 +56,22 @@ RESOURCES: dict[str, tuple[tuple[str, ...], str, float]] = {
     "scaleout_bw": (("fabric.scaleout_bw_bytes_per_s",), "GB/s", 1e9),
 }
 
+# the hardware-search spellings (search._relax.HARDWARE_PARAMS) of the same resources
+RESOURCE_ALIASES = {
+    "hbm_bandwidth": "hbm_bw",
+    "scaleup_bandwidth": "scaleup_bw",
+    "nic_bandwidth": "scaleout_bw",
+    "scaleout_bandwidth": "scaleout_bw",
+}
+
+
+def canonical_resource(name: str) -> str:
+    """The :data:`RESOURCES` key for ``name`` or one of its :data:`RESOURCE_ALIASES`
+    (``hbm_bandwidth`` -> ``hbm_bw``); other names are returned unchanged."""
+    name = str(name).strip().lower().replace("-", "_")
+    return RESOURCE_ALIASES.get(name, name)
+
+
 METRICS = METRIC_KEYS
 
 
@@ -151,6 +167,7 @@ def resolve_name(point: Point, name: str) -> str:
     """
     name = str(name).strip()
     if name.startswith("scale."):
+        name = "scale." + canonical_resource(name[len("scale.") :])
         if name[len("scale.") :] not in RESOURCES:
             raise SensitivityError(
                 f"parameter {name!r}: unknown resource; resources: "
