@@ -4,10 +4,12 @@ import argparse
 import json
 import time
 
+from ._hardware_names import HARDWARE_PARAMS, RESOURCE_TO_PARAM, canonical_hardware_param
+
 
 def _bound(s: str):
     """``PARAM=LO:HI`` in the edge units of :data:`HARDWARE_UNITS` -> (param, lo_si, hi_si)."""
-    from .search._relax import HARDWARE_PARAMS, HARDWARE_UNITS
+    from .search._relax import HARDWARE_UNITS
 
     try:
         name, rng = s.split("=", 1)
@@ -16,7 +18,7 @@ def _bound(s: str):
         raise argparse.ArgumentTypeError(
             f"--bound = {s!r} must look like PARAM=LO:HI (e.g. hbm_bandwidth=2000:16000)"
         ) from None
-    name = _hardware_param_name(name)
+    name = canonical_hardware_param(name)
     if name not in HARDWARE_PARAMS:
         raise argparse.ArgumentTypeError(
             f"--bound {name!r} must name one of {', '.join(HARDWARE_PARAMS)}"
@@ -228,40 +230,13 @@ def cmd_optimize(args) -> int:
     return 0
 
 
-# The names of search._relax.HARDWARE_PARAMS, spelled out: importing the search layer while
-# the parser is built would start the JAX backend, after which `diffperf sweep` can no longer
-# call jax.distributed.initialize() (tests/test_optimize.py checks the two agree).
-PARSER_HARDWARE_PARAMS = (
-    "flops",
-    "hbm_bandwidth",
-    "hbm_capacity",
-    "scaleup_bandwidth",
-    "domain_size",
-    "nic_bandwidth",
-)
-
-
-# and search._relax.HARDWARE_PARAM_ALIASES: the sensitivity/projection spellings
-PARSER_HARDWARE_ALIASES = {
-    "hbm_bw": "hbm_bandwidth",
-    "scaleup_bw": "scaleup_bandwidth",
-    "scaleout_bw": "nic_bandwidth",
-    "scaleout_bandwidth": "nic_bandwidth",
-}
-
-
-def _hardware_param_name(s: str) -> str:
-    name = str(s).strip().lower().replace("-", "_")
-    return PARSER_HARDWARE_ALIASES.get(name, name)
-
-
 def _hardware_param(s: str) -> str:
     """``--optimize-hardware`` entry: a hardware parameter name or alias (canonical name)."""
-    name = _hardware_param_name(s)
-    if name not in PARSER_HARDWARE_PARAMS:
+    name = canonical_hardware_param(s)
+    if name not in HARDWARE_PARAMS:
         raise argparse.ArgumentTypeError(
-            f"--optimize-hardware {s!r} must name one of {', '.join(PARSER_HARDWARE_PARAMS)} "
-            f"(or {', '.join(PARSER_HARDWARE_ALIASES)})"
+            f"--optimize-hardware {s!r} must name one of {', '.join(HARDWARE_PARAMS)} "
+            f"(or {', '.join(RESOURCE_TO_PARAM)})"
         )
     return name
 
@@ -269,8 +244,6 @@ def _hardware_param(s: str) -> str:
 def register(sub) -> None:
     """Add ``optimize`` to the `diffperf` parser."""
     from .cli import _positive_float, _positive_int, add_search_space_flags
-
-    HARDWARE_PARAMS = PARSER_HARDWARE_PARAMS
 
     p = sub.add_parser(
         "optimize", help="gradient search for the best deployment (and hardware) on N devices"

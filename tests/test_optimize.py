@@ -360,26 +360,30 @@ def test_cli_optimize_errors(capsys, argv, match):
     assert err.startswith("diffperf: error:") and match in err
 
 
-def test_parser_hardware_names_match_the_search_layer():
-    # the CLI spells them out so building the parser does not start the JAX backend
-    from diffperf._cli_optimize import PARSER_HARDWARE_ALIASES, PARSER_HARDWARE_PARAMS
-    from diffperf.search._relax import HARDWARE_PARAM_ALIASES, HARDWARE_PARAMS
-
-    assert PARSER_HARDWARE_PARAMS == HARDWARE_PARAMS
-    assert PARSER_HARDWARE_ALIASES == HARDWARE_PARAM_ALIASES
-
-
 def test_hardware_names_are_shared_by_optimize_sensitivity_and_project():
-    """One vocabulary across commands: every search parameter that is also a sensitivity /
-    projection resource is accepted under either spelling, and maps to the same leaf."""
-    from diffperf.search._relax import HARDWARE_PARAM_ALIASES, HardwareSpace
-    from diffperf.search._sensitivity import RESOURCE_ALIASES, RESOURCES, canonical_resource
+    """One vocabulary across commands: every resource of sensitivity/project is a hardware
+    search parameter under its other spelling, both spellings are accepted everywhere, and
+    both name the same hardware leaves."""
+    from diffperf._hardware_names import (
+        RESOURCE_TO_PARAM,
+        canonical_hardware_param,
+        canonical_resource,
+    )
+    from diffperf.search._relax import HARDWARE_PARAMS, HardwareSpace, hardware_value
+    from diffperf.search._sensitivity import RESOURCES
 
-    for alias, name in HARDWARE_PARAM_ALIASES.items():
-        assert HardwareSpace.make([alias]).names == (name,)
-        assert canonical_resource(name) in RESOURCES
-    for alias, name in RESOURCE_ALIASES.items():
-        assert name in RESOURCES and canonical_resource(alias) == name
+    assert set(RESOURCE_TO_PARAM) == set(RESOURCES)
+    hw = load_hardware("h100-sxm")
+    for res, param in RESOURCE_TO_PARAM.items():
+        assert param in HARDWARE_PARAMS
+        assert canonical_hardware_param(res) == param and canonical_resource(param) == res
+        assert HardwareSpace.make([res.replace("_", "-")]).names == (param,)
+        # the first leaf a resource scales is the value the search parameter sets
+        leaf = RESOURCES[res][0][0].split(".")
+        v = hw
+        for part in leaf:
+            v = getattr(v, part)
+        assert float(v) == float(hardware_value(hw, param))
     hs = HardwareSpace.make(["hbm-bw", "hbm_bandwidth"], {"hbm_bw": (2e12, 4e12)})
     assert hs.names == ("hbm_bandwidth",) and hs.lo[0] == 2e12 and hs.hi[0] == 4e12
 

@@ -30,18 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._hardware_names import canonical_resource
 from .._numerics import safe_div
 from ..deploy import AbstractServingScheme, Workload
 from ..hardware import Hardware
 from ..model import ModelSpec
-from ._sensitivity import (
-    RESOURCES,
-    Point,
-    SensitivityError,
-    canonical_resource,
-    point_metrics,
-    set_values,
-)
+from ._sensitivity import RESOURCES, Point, SensitivityError, point_metrics, set_values
 
 
 CONSTRAINTS = ("ttft", "tpot", "memory", "rate")

@@ -36,6 +36,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .._hardware_names import HARDWARE_PARAMS, canonical_hardware_param
 from .._numerics import as_float_array
 from .._types import FloatScalarLike
 from ._grid import GridTable, canonical_scheme
@@ -220,30 +221,6 @@ class RelaxedSpace:
 # --------------------------------------------------------------------------------------------
 # hardware as a variable
 # --------------------------------------------------------------------------------------------
-
-HARDWARE_PARAMS = (
-    "flops",
-    "hbm_bandwidth",
-    "hbm_capacity",
-    "scaleup_bandwidth",
-    "domain_size",
-    "nic_bandwidth",
-)
-# the sensitivity/projection spellings (search._sensitivity.RESOURCES) of the same parameters
-HARDWARE_PARAM_ALIASES = {
-    "hbm_bw": "hbm_bandwidth",
-    "scaleup_bw": "scaleup_bandwidth",
-    "scaleout_bw": "nic_bandwidth",
-    "scaleout_bandwidth": "nic_bandwidth",
-}
-
-
-def canonical_hardware_param(name: str) -> str:
-    """The :data:`HARDWARE_PARAMS` name for ``name`` or one of its aliases (``hbm_bw`` ->
-    ``hbm_bandwidth``, dashes as underscores); other names are returned unchanged."""
-    name = str(name).strip().lower().replace("-", "_")
-    return HARDWARE_PARAM_ALIASES.get(name, name)
-
 
 # default bounds (SI): a box around today's accelerators with room on both sides
 DEFAULT_HARDWARE_BOUNDS = {

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._hardware_names import canonical_resource
 from .._numerics import as_float_array, safe_div
 from .._types import FloatScalarLike
 from ..deploy import METRIC_KEYS, AbstractServingScheme, Metrics, Workload, finish_metrics
@@ -55,22 +56,6 @@ RESOURCES: dict[str, tuple[tuple[str, ...], str, float]] = {
     "scaleup_bw": (("fabric.scaleup_bw_bytes_per_s",), "GB/s", 1e9),
     "scaleout_bw": (("fabric.scaleout_bw_bytes_per_s",), "GB/s", 1e9),
 }
-
-# the hardware-search spellings (search._relax.HARDWARE_PARAMS) of the same resources
-RESOURCE_ALIASES = {
-    "hbm_bandwidth": "hbm_bw",
-    "scaleup_bandwidth": "scaleup_bw",
-    "nic_bandwidth": "scaleout_bw",
-    "scaleout_bandwidth": "scaleout_bw",
-}
-
-
-def canonical_resource(name: str) -> str:
-    """The :data:`RESOURCES` key for ``name`` or one of its :data:`RESOURCE_ALIASES`
-    (``hbm_bandwidth`` -> ``hbm_bw``); other names are returned unchanged."""
-    name = str(name).strip().lower().replace("-", "_")
-    return RESOURCE_ALIASES.get(name, name)
-
 
 METRICS = METRIC_KEYS
 
