@@ -69,8 +69,9 @@ from ._relax import (
 class OptimizeSettings:
     """Search settings (static): multi-start count, Adam steps and rate, smoothing
     temperature, neighbours evaluated per rounded point, polish rounds, seed;
-    ``fast_compile`` compiles the ascent without LLVM optimisations (about 30% less compile
-    time, about 10-80% slower steps: right for one search, wrong for thousands of steps)."""
+    ``fast_compile`` compiles the ascent without LLVM optimisations on a CPU backend (about
+    30% less compile time, about 10-80% slower steps: right for one search, wrong for
+    thousands of steps); other backends ignore it."""
 
     starts: int = 16
     steps: int = 150
@@ -324,7 +325,9 @@ def optimize_scheme(
     hnames = hs.names if hs is not None else ()
     hlo = jnp.asarray(hs.lo if hs is not None else np.ones(0))
     hhi = jnp.asarray(hs.hi if hs is not None else np.ones(0))
-    ascend = _ascend_fast_compile if settings.fast_compile else _ascend
+    # -O0 only where LLVM compiles for the host CPU; GPU kernels keep full optimisation
+    fast = settings.fast_compile and jax.default_backend() == "cpu"
+    ascend = _ascend_fast_compile if fast else _ascend
     xf, path, vals = ascend(
         hw,
         model,
