@@ -281,8 +281,8 @@ def test_hardware_space_values_and_errors(h100):
         2 * float(h100.accel.peak_fp8_flop_per_s), rel=1e-6
     )
     assert float(hardware_value(h2, "flops")) == pytest.approx(2 * 989.4e12, rel=1e-6)
-    with pytest.raises(ValueError, match="hbm_bw"):
-        HardwareSpace.make(["hbm_bw"])
+    with pytest.raises(ValueError, match="hbm_speed"):
+        HardwareSpace.make(["hbm_speed"])
     with pytest.raises(ValueError, match="bounds of flops"):
         HardwareSpace.make(["flops"], {"flops": (5e15, 1e15)})
 
