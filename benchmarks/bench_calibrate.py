@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--live-holdout", type=int, default=0, metavar="N")
     args = ap.parse_args()
+    if args.live_holdout < 0:
+        ap.error(f"--live-holdout = {args.live_holdout} must be >= 0 (runs)")
     out: dict = {"load_average_1min": os.getloadavg()[0], "cores": os.cpu_count()}
 
     data = ROOT / "calibration_data" / "kernels"

@@ -28,9 +28,6 @@ RESOURCE_TO_PARAM = {
     "scaleout_bw": "nic_bandwidth",
 }
 _PARAM_TO_RESOURCE = {p: r for r, p in RESOURCE_TO_PARAM.items()}
-# further spellings of the scale-out bandwidth
-_PARAM_TO_RESOURCE["scaleout_bandwidth"] = "scaleout_bw"
-_RESOURCE_TO_PARAM_ALL = {**RESOURCE_TO_PARAM, "scaleout_bandwidth": "nic_bandwidth"}
 
 
 def _normal(name) -> str:
@@ -41,7 +38,7 @@ def canonical_hardware_param(name) -> str:
     """The :data:`HARDWARE_PARAMS` spelling of ``name`` (``hbm_bw`` -> ``hbm_bandwidth``);
     unknown names come back normalised, for the caller's error message."""
     n = _normal(name)
-    return _RESOURCE_TO_PARAM_ALL.get(n, n)
+    return RESOURCE_TO_PARAM.get(n, n)
 
 
 def canonical_resource(name) -> str:

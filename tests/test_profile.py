@@ -90,7 +90,7 @@ def fresh_profile(tmp_path_factory):
 @pytest.fixture(scope="module")
 def live_fit(fresh_profile):
     hw = load_hardware("epyc-genoa-2vcpu")
-    return hw, fit_efficiency(hw, fresh_profile, FitConfig(steps=300, holdout=0.34, seed=0))
+    return fit_efficiency(hw, fresh_profile, FitConfig(steps=300, holdout=0.34, seed=0))
 
 
 def _holdout_error(cols, fitted_hw, held) -> float:
@@ -114,7 +114,7 @@ def test_profile_calibrate_predict_end_to_end(fresh_profile, live_fit):
     live figure is measured by ``benchmarks/bench_calibrate.py --live-holdout`` and asserted
     by the slow test below."""
     cols = fresh_profile
-    _, res = live_fit
+    res = live_fit
     held = ~res.train_mask
     assert held.sum() >= 10 and (cols["op"][held] == "gemm").all()
     assert res.loss_history[-1] < res.loss_history[0], res.loss_history[[0, -1]]
@@ -134,7 +134,7 @@ def test_profile_holdout_accuracy_on_idle_machine(fresh_profile, live_fit):
     itself, uncalibrated: 0.07-0.18).
         Not in CI: a busy or different CI machine gave 0.32 once (see the test above)."""
     cols = fresh_profile
-    _, res = live_fit
+    res = live_fit
     assert _holdout_error(cols, res.hw, ~res.train_mask) < 0.25
     train = select_rows(cols, res.train_mask)
     (train_row,) = error_table(train, predict_table(res.hw, train))
