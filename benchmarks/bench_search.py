@@ -13,7 +13,10 @@ Run: ``python benchmarks/bench_search.py --json`` (x64, as in the tests).
   dollar, with ``flops``, ``hbm_bandwidth``, ``hbm_capacity`` and ``scaleup_bandwidth``
   searched at ``--resolution`` levels each (``hardware_points``) times the deployment table
   (``deployments``): ``space_size`` points, ``first_s`` (including compilation) and ``s``
-  (second call, another seed), the answer and whether it meets the SLOs.
+  (second call, another seed), the answer and whether it meets the SLOs; ``grid_sample``:
+  ``--sample-points`` uniformly drawn points of that space evaluated exactly as a grid would
+  (first call with compilation, then ``s``), the per-point cost, ``grid_estimate_s`` (what
+  the whole grid would take at that rate) and the optimiser's answers over the sample's best.
 """
 
 import argparse
@@ -76,7 +79,9 @@ def grid_vs_optimize(scheme: str, n: int, starts: int, steps: int, fine: bool = 
     return out
 
 
-def hardware_search(n: int, resolution: int, starts: int, steps: int) -> dict:
+def hardware_search(
+    n: int, resolution: int, starts: int, steps: int, sample_points: int = 8**6
+) -> dict:
     model = load_model("deepseek-v3.2")
     hw = load_hardware("h100-sxm")
     w = load_workload("chat")
@@ -92,6 +97,7 @@ def hardware_search(n: int, resolution: int, starts: int, steps: int) -> dict:
         times.append(time.perf_counter() - t0)
         res.append(r)
     r = res[0]
+    sample = _sampled_grid(hw, model, w, r.space, hs, obj, space, sample_points)
     return {
         "model": model.name,
         "base_hardware": hw.name,
@@ -111,6 +117,43 @@ def hardware_search(n: int, resolution: int, starts: int, steps: int) -> dict:
         "deployment": r.deployment(),
         "evaluated_exactly": [x.evaluated for x in res],
         "settings": {"starts": starts, "steps": steps},
+        "grid_sample": {
+            **sample,
+            # what the exact grid of the whole space would take at the sample's rate
+            "grid_estimate_s": sample["s_per_point"] * r.space_size,
+            "optimize_over_sample_best": [x.objective / sample["best"] for x in res],
+        },
+    }
+
+
+def _sampled_grid(hw, model, w, rs, hs, obj, space, points: int) -> dict:
+    """Exact evaluation of ``points`` uniformly drawn (deployment, hardware) pairs of the
+    space, as the grid would evaluate them (one vectorised call; first call includes
+    compilation): the per-point cost that prices the full grid, and the sample's best."""
+    import numpy as np
+
+    from diffperf.hardware._cost_model import default_cost_model
+    from diffperf.search._optimize import _exact
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, rs.table.size, points)
+    hidx = np.stack([rng.integers(0, len(lev), points) for lev in hs.levels], axis=1)
+    saturate = space.load == "saturate" and w.load_mode == "closed"
+    ctx = (hw, model, w, rs, hs, obj, default_cost_model(), saturate)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        m, val, _ = _exact(ctx, rows, hidx)
+        times.append(time.perf_counter() - t0)
+    feas = np.asarray(m.feasible) > 0.5
+    best = float(np.max(np.where(feas & np.isfinite(val), val, -np.inf)))
+    return {
+        "points": points,
+        "first_s": times[0],
+        "s": times[1],
+        "s_per_point": times[1] / points,
+        "feasible_fraction": float(feas.mean()),
+        "best": best,
     }
 
 
@@ -121,8 +164,9 @@ def main():
     ap.add_argument("--hw-devices", type=int, default=16)
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--starts", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--skip", default="", help="comma list: grid, hardware")
+    ap.add_argument("--sample-points", type=int, default=8**6, help="grid sample (hardware)")
     ap.add_argument("--fine", action="store_true", help="the finer grid space (FINE_SPACE)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -134,7 +178,7 @@ def main():
         )
     if "hardware" not in skip:
         out["hardware_search"] = hardware_search(
-            args.hw_devices, args.resolution, args.starts, args.steps
+            args.hw_devices, args.resolution, args.starts, args.steps, args.sample_points
         )
     print(json.dumps(out, indent=2))
 

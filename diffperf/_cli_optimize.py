@@ -303,7 +303,7 @@ def register(sub) -> None:
         help="levels per searched hardware parameter (geometric between the bounds)",
     )
     p.add_argument("--starts", type=_positive_int("starts"), default=16)
-    p.add_argument("--steps", type=_positive_int("steps"), default=150)
+    p.add_argument("--steps", type=_positive_int("steps"), default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neighbours", type=_positive_int("neighbours"), default=16)
     p.add_argument("--tau", type=_positive_float("tau"), default=0.05)

@@ -206,6 +206,45 @@ def test_rows_round_trip_and_rounding_is_valid(h100, model_name, scheme, space):
     assert rs.nearest(rs.rows[idx[:5]], 1)[:, 0].tolist() == idx[:5].tolist()
 
 
+def test_kd_tree_rounding_and_axis_moves_match_brute_force(h100):
+    model = load_model("qwen3-30b-a3b")
+    t = enumerate_grid(h100, model, 8, "disaggregated", MOE_SPACE)
+    rs = RelaxedSpace.from_table(t, 8)
+    z = np.random.default_rng(1).uniform(size=(12, rs.dim))
+    k = 7
+    near = rs.nearest(z, k)
+    # brute force: the k smallest Euclidean distances to every row; the tree returns the
+    # same distances in the same (ascending) order (rows at equal distance may swap)
+    d_all = ((z[:, None, :] - rs.rows[None, :, :]) ** 2).sum(axis=2)
+    d_tree = np.take_along_axis(d_all, near, axis=1)
+    np.testing.assert_allclose(d_tree, np.sort(d_all, axis=1)[:, :k], rtol=1e-12, atol=1e-12)
+    # axis moves: rows whose coordinates differ from the row's in 1 or 2 places
+    for row in (0, t.size // 3, t.size - 1):
+        changed = (np.abs(rs.rows - rs.rows[row]) > 1e-9).sum(axis=1)
+        want = np.flatnonzero((changed >= 1) & (changed <= 2))
+        got = rs.axis_neighbours(row, 2, cap=10**9)
+        np.testing.assert_array_equal(np.sort(got), want)
+        one = rs.axis_neighbours(row, 1, cap=10**9)
+        np.testing.assert_array_equal(np.sort(one), np.flatnonzero(changed == 1))
+
+
+def test_space_cache_reuses_read_only_tables(h100):
+    from diffperf.search._optimize import _relaxed_space
+
+    model = load_model("llama-3.1-8b")
+    dt = ("bf16", "bf16", "bf16", "bf16")
+    a = _relaxed_space(h100, model, 8, "aggregated", SPACE, dt)
+    assert _relaxed_space(h100, model, 8, "aggregated", SPACE, dt) is a
+    # any change of what the table depends on builds another one
+    h2 = with_hardware_values(h100, ("hbm_capacity",), [12e9])
+    b = _relaxed_space(h2, model, 8, "aggregated", SPACE, dt)
+    # 16 GB of BF16 weights: TP=1 plans no longer fit in 12 GB, so the table shrinks
+    assert b is not a and b.table.size < a.table.size
+    assert _relaxed_space(h100, model, 4, "aggregated", SPACE, dt) is not a
+    with pytest.raises(ValueError, match="read-only"):
+        a.table.columns["tp"][0] = 3.0
+
+
 # --------------------------------------------------------------------------------------------
 # reproducibility, finite gradients at infeasible points
 # --------------------------------------------------------------------------------------------

@@ -69,12 +69,16 @@ from ._relax import (
 class OptimizeSettings:
     """Search settings (static): multi-start count, Adam steps and rate, smoothing
     temperature, neighbours evaluated per rounded point, polish rounds, seed;
-    ``fast_compile`` compiles the ascent without LLVM optimisations on a CPU backend (about
-    30% less compile time, about 10-80% slower steps: right for one search, wrong for
-    thousands of steps); other backends ignore it."""
+    ``fast_compile`` compiles the ascent on a CPU backend without LLVM optimisations and with
+    XLA's elemental emitters (about a third less compile time, and faster steps for this
+    program; see ``_FAST_COMPILE``); other backends ignore it.
+
+    60 steps: the penalty weight ramps over the steps, and the ascent only has to reach the
+    basin of the optimum, which the exact polish then finishes; the agreement tests with the
+    grid run at 60 steps (and 8 starts)."""
 
     starts: int = 16
-    steps: int = 150
+    steps: int = 60
     learning_rate: float = 0.08
     tau: float = 0.05
     neighbours: int = 16
@@ -183,13 +187,16 @@ def _ascend_impl(
 
 # The ascent's program (value and gradient of a whole serving scheme, scanned over steps,
 # vmapped over starts) is large, and a search runs it for only starts x steps points: XLA's
-# LLVM optimisations cost more than they save there. Measured on 2 CPU cores (DeepSeek-V3.2
-# hardware x deployment search, 4 starts x 30 steps): compile 71.6 s -> 50.7 s at LLVM -O0,
-# ascent 1.17 s -> 1.32 s. ``OptimizeSettings.fast_compile`` picks the -O0 program.
+# optimisations cost more than they save there. On the CPU backend two options pick a
+# cheaper program: LLVM at -O0, and XLA's classic elemental emitters instead of its newer
+# fusion emitters (which compile slower and, for this program of many tiny fused kernels,
+# also run slower). Measured on 2 CPU cores, DeepSeek-V3 P/D on 64 x H800, 16 starts x 60
+# steps, after tracing (10.9 s either way): XLA compile 43.5 s with -O0 alone, 29.4 s with
+# both; a whole search after compilation 0.30 s -> 0.13 s. ``OptimizeSettings.fast_compile``
+# picks this program.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 _ascend = eqx.filter_jit(_ascend_impl)
-_ascend_fast_compile = eqx.filter_jit(
-    _ascend_impl, compiler_options={"xla_backend_optimization_level": 0}
-)
+_ascend_fast_compile = eqx.filter_jit(_ascend_impl, compiler_options=_FAST_COMPILE)
 
 
 @eqx.filter_jit
@@ -227,7 +234,8 @@ def _exact(ctx, rows: np.ndarray, hidx: np.ndarray | None):
     # small tables: pad to the grid's own size, which reuses the grid's compiled evaluator
     size = _pad_size(table.size) if table.size <= 8**4 else _pad_size(n)
     size = max(size, _pad_size(n))
-    cols = {k: jnp.asarray(_pad(np.asarray(table.columns[k], float)[rows], size)) for k in names}
+    fc = space.float_columns
+    cols = {k: jnp.asarray(_pad(fc[k][rows], size)) for k in names}
     if hs is None:
         m = _evaluate_columns(
             hw, model, workload, cols, {}, table.scheme, table.dtypes, saturate, 0.0
@@ -279,6 +287,43 @@ def _better(a: tuple, b: tuple) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# the discrete space, cached
+# --------------------------------------------------------------------------------------------
+
+
+def _fingerprint(tree) -> tuple:
+    """Hashable value of a pytree (structure, static fields and leaf bytes)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return (treedef, tuple(np.asarray(x).tobytes() for x in leaves))
+
+
+_SPACES: dict = {}
+_SPACES_MAX = 8
+
+
+def _relaxed_space(hw, model, n_devices, scheme, space, dtypes) -> RelaxedSpace:
+    """The scheme's exact table and its relaxed hull, cached on everything they depend on.
+
+    Research scripts search the same space many times (other objectives, SLOs, workloads,
+    seeds); the table, its normalised rows, the k-d tree used for rounding and the integer
+    codes used for axis moves are built once (a 2 x 10^5-row P/D table: ~0.2 s). The cache
+    holds the last ``_SPACES_MAX`` spaces; a table is read-only once built.
+    """
+    key = (_fingerprint(hw), _fingerprint(model), int(n_devices), scheme, space, tuple(dtypes))
+    rs = _SPACES.pop(key, None)
+    if rs is None:
+        table = enumerate_grid(hw, model, n_devices, scheme, space, dtypes)
+        for v in table.columns.values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+        rs = RelaxedSpace.from_table(table, n_devices)
+        while len(_SPACES) >= _SPACES_MAX:
+            _SPACES.pop(next(iter(_SPACES)))
+    _SPACES[key] = rs  # most recently used last
+    return rs
+
+
+# --------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------
 
@@ -305,8 +350,8 @@ def optimize_scheme(
     if hs is not None and "hbm_capacity" in hs.names:  # prune with the largest capacity
         top = float(hs.hi[hs.names.index("hbm_capacity")])
         prune_hw = with_hardware_values(hw, ("hbm_capacity",), [top])
-    table = enumerate_grid(prune_hw, model, n_devices, scheme, space, dtypes)
-    rs = RelaxedSpace.from_table(table, n_devices)
+    rs = _relaxed_space(prune_hw, model, n_devices, scheme, space, dtypes)
+    table = rs.table
     if hs is not None and cost_model is None and objective.kind != "tokens-per-device":
         from ..hardware._cost_model import default_cost_model
 
