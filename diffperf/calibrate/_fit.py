@@ -7,8 +7,9 @@ measured table, with the same kernel models that ``predict_table`` uses:
   they stay physical. Fractions (``unit``) are ``sigmoid(θ)`` in (0, 1); positive scales,
   latencies and byte sizes (``pos``) are ``exp(θ)``; factors that are at least 1 (``ge1``) are
   ``1 + exp(θ)``. Structural fields (tile sizes, tile slots, split-k length) are not fitted;
-  a field whose prior value is 0 ("feature absent", e.g. no switch reduction) stays 0; a field
-  that no training row is sensitive to keeps its prior value and is reported as such.
+  a field whose prior value is 0 ("feature absent", e.g. no switch reduction) stays 0, except
+  the fixed costs of ``START_IF_ABSENT``, which start at a launch-sized value; a field that no
+  training row is sensitive to keeps its prior value and is reported as such.
 - **Loss**: pseudo-Huber ``δ²(√(1 + (r/δ)²) − 1)`` (quadratic below ``δ``, linear above: a
   wrong row pulls with bounded force), averaged within each (device, op, dtype) group and then
   over groups, so a family with 9,000 rows does not drown one with 500. A weak quadratic pull
@@ -104,6 +105,15 @@ SWEEP_COLUMN: dict[str, str] = {
 }
 
 _U, _P, _G = "unit", "pos", "ge1"
+
+# Fixed costs that a profile may leave out (0 = not modelled there; the hand-fitted profiles
+# predate them) but a fit may switch on: the fit starts them at 1 us, a kernel launch, instead
+# of keeping them at 0. Rows that do not exercise one (e.g. no fp4 GEMMs) leave it at 0.
+START_IF_ABSENT: dict[tuple[str, str], float] = {
+    ("gemm", "scaled_launch_s"): 1e-6,
+    ("gemm", "quant_launch_s"): 1e-6,
+    ("gemm", "fp4_launch_s"): 1e-6,
+}
 FIT_FIELDS: dict[str, dict[str, str]] = {
     "gemm": {
         "compute_eff_bf16": _U,
@@ -118,6 +128,9 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "k_half_elems": _P,
         "act_quant_passes": _P,
         "launch_s": _P,
+        "scaled_launch_s": _P,
+        "quant_launch_s": _P,
+        "fp4_launch_s": _P,
     },
     "attention": {
         "prefill_eff_bf16": _U,
@@ -461,16 +474,18 @@ def _fit_block(hw: Hardware, cols, train, families, config: FitConfig):
     meas = np.asarray(cols["latency_s"], dtype=float)
     groups = _traced_groups(cols)
 
-    # candidate parameters: fitted fields of the chosen families whose prior is non-zero
+    # candidate parameters: fitted fields of the chosen families whose prior is non-zero, and
+    # the fixed costs a profile may leave out (START_IF_ABSENT), started at their start value
     cand: list[tuple[str, str]] = []
     for fam in families:
         mod = getattr(hw.accel.eff, fam)
         for name in FIT_FIELDS[fam]:
-            if float(getattr(mod, name)) > 0:
+            if float(getattr(mod, name)) > 0 or (fam, name) in START_IF_ABSENT:
                 cand.append((fam, name))
     transforms = tuple(FIT_FIELDS[f][n_] for f, n_ in cand)
     prior_vals = [float(getattr(getattr(hw.accel.eff, f), n_)) for f, n_ in cand]
-    theta0 = np.array([_to_theta(v, t) for v, t in zip(prior_vals, transforms)])
+    start_vals = [v if v > 0 else START_IF_ABSENT.get(c, v) for v, c in zip(prior_vals, cand)]
+    theta0 = np.array([_to_theta(v, t) for v, t in zip(start_vals, transforms)])
     log_meas = jnp.asarray(np.log(meas))
 
     def residuals(theta, names, trans, base_hw):
@@ -519,6 +534,8 @@ def _fit_block(hw: Hardware, cols, train, families, config: FitConfig):
     sens = np.nanmax(np.abs(jac[train]), axis=0) if train.any() else np.zeros(len(names))
     keep = np.isfinite(sens) & (sens > 1e-6)
     unconstrained = [f"{f}.{n_}" for (f, n_), k in zip(names, keep) if not k]
+    # a parameter no row constrains keeps its prior (an absent fixed cost stays 0)
+    values = np.where(keep, values, np.asarray(prior_vals, dtype=float))
     std_theta = np.full(len(names), np.nan)
     std_theta[keep] = _sandwich_std(jac[:, keep], r_opt, w_train, delta, prior_w)
     t_unc = time.perf_counter() - t0 - t_fit

@@ -29,6 +29,11 @@ class GemmEfficiency(eqx.Module):
       quantised copy) for formats that quantise activations (fp8, fp8_block, nvfp4); 0 when
       quantisation is fused into the previous kernel.
     - ``launch_s``: fixed per-kernel overhead (launch, setup, tail).
+    - ``scaled_launch_s``: extra fixed time of block-scaled kernels (``fp8_block``, ``nvfp4``,
+      ``mxfp4``): loading and applying the scale factors in the prologue/epilogue.
+    - ``quant_launch_s``: fixed time of the separate activation-quantisation kernels of
+      per-tensor formats (``fp8``, ``int8``: an amax reduction, then the scaling pass), paid
+      once per GEMM on top of their memory time.
     """
 
     compute_eff_bf16: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -47,3 +52,6 @@ class GemmEfficiency(eqx.Module):
     k_half_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     act_quant_passes: FloatScalarLike = eqx.field(converter=as_float_array)
     launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    scaled_launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    quant_launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    fp4_launch_s: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -34,6 +34,10 @@ from ._cost import OpCost
 # scale needs the whole tensor's amax). fp8_block quantises per 1x128 group and is fused; bf16
 # and weight-only formats keep bf16 activations.
 SEPARATE_ACT_QUANT = frozenset({"fp8", "int8"})
+# Block-scaled formats: the kernel also loads and applies per-block scale factors, a fixed
+# prologue/epilogue cost on top of ``launch_s`` (``scaled_launch_s``).
+BLOCK_SCALED = frozenset({"fp8_block"})
+FP4_SCALED = frozenset({"nvfp4", "mxfp4", "fp4"})
 
 
 def _ste_floor(x):
@@ -127,10 +131,15 @@ def gemm_cost(
     )
     memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
     t = smooth_max2(compute_s, memory_s, tau) + e.launch_s
+    if dtype in BLOCK_SCALED:
+        t = t + e.scaled_launch_s
+    if dtype in FP4_SCALED:
+        t = t + e.fp4_launch_s
     if dtype in SEPARATE_ACT_QUANT:
         ab = activation_bytes(dtype)
         qbytes = m * k * (2.0 + ab)
         t = t + e.act_quant_passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
+        t = t + e.quant_launch_s
     return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
 
 
