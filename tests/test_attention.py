@@ -112,6 +112,38 @@ def test_mla_prefill_flop():
     np.testing.assert_allclose(float(c.flop), 2 * 2 * 36 * 320, rtol=1e-12)
 
 
+def test_mla_fp8_kv_parameters_apply_only_to_fp8_kv_kernels():
+    """The 8-bit-KV MLA launch time and prefill scale: equal to the 16-bit ones in every
+    hand-fitted profile (so those predictions are unchanged), and each moves only the
+    kernels whose KV cache is fp8 (launch: by exactly its change)."""
+    for name in ("h100-sxm", "b200-sxm", "mi300x", "tpu-v6e"):
+        e = load_hardware(name).accel.eff.attention
+        assert float(e.mla_launch_s_fp8kv) == float(e.mla_launch_s), name
+        assert float(e.mla_prefill_eff_scale_fp8kv) == float(e.mla_prefill_eff_scale), name
+    on = eqx.tree_at(
+        lambda h: (
+            h.accel.eff.attention.mla_launch_s_fp8kv,
+            h.accel.eff.attention.mla_prefill_eff_scale_fp8kv,
+        ),
+        HW,
+        (HW.accel.eff.attention.mla_launch_s + 3e-6, HW.accel.eff.attention.mla_prefill_eff_scale),
+    )
+
+    def prefill(h, kv):
+        return mla_prefill_cost(h, 2.0, 64.0, 16.0, 512.0, 128.0, 64.0, 128.0, "bf16", kv).time_s
+
+    def decode(h, kv):
+        return mla_decode_cost(h, 8.0, 4096.0, 16.0, 512.0, 64.0, "bf16", kv).time_s
+
+    for f in (prefill, decode):
+        assert float(f(on, "bf16")) == float(f(HW, "bf16"))
+        assert float(f(on, "fp8") - f(HW, "fp8")) == pytest.approx(3e-6, rel=1e-9)
+    # a lower fp8 prefill scale only slows the fp8 kernel's compute leg
+    slow = eqx.tree_at(lambda h: h.accel.eff.attention.mla_prefill_eff_scale_fp8kv, HW, 0.5)
+    assert float(prefill(slow, "bf16")) == float(prefill(HW, "bf16"))
+    assert float(prefill(slow, "fp8")) > float(prefill(HW, "fp8"))
+
+
 # -------------------------------------------------------------------------------- gradients
 
 

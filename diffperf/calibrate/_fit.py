@@ -149,6 +149,8 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "decode_launch_s_fp8kv": _P,
         "mla_launch_s": _P,
         "mla_prefill_eff_scale": _P,
+        "mla_launch_s_fp8kv": _P,
+        "mla_prefill_eff_scale_fp8kv": _P,
         "mla_decode_eff_bf16": _U,
         "mla_decode_eff_fp8": _U,
         "mla_decode_seq_s": _P,

@@ -41,6 +41,9 @@ class AttentionEfficiency(eqx.Module):
     MLA (DeepSeek-V2/V3):
     - ``mla_prefill_eff_scale``: multiplier of the prefill efficiency for the non-absorbed
       MLA context kernel (head dims 192/128 instead of 128/128).
+    - ``mla_launch_s_fp8kv``, ``mla_prefill_eff_scale_fp8kv``: the same two for MLA kernels
+      with an 8-bit KV cache (TensorRT-LLM's fp8 MLA quantises Q/K/V and runs other
+      kernels); the hand-fitted profiles set them equal to the 16-bit values.
     - ``mla_decode_eff_bf16``, ``mla_decode_eff_fp8``: fraction of the dense peak reached by
       the absorbed MLA decode kernel (math precision = KV-cache precision).
     - ``mla_decode_seq_s``, ``mla_decode_head_s``: device-seconds per sequence and per
@@ -66,6 +69,8 @@ class AttentionEfficiency(eqx.Module):
     decode_launch_s_fp8kv: FloatScalarLike = _leaf()
     mla_launch_s: FloatScalarLike = _leaf()
     mla_prefill_eff_scale: FloatScalarLike = _leaf()
+    mla_launch_s_fp8kv: FloatScalarLike = _leaf()
+    mla_prefill_eff_scale_fp8kv: FloatScalarLike = _leaf()
     mla_decode_eff_bf16: FloatScalarLike = _leaf()
     mla_decode_eff_fp8: FloatScalarLike = _leaf()
     mla_decode_seq_s: FloatScalarLike = _leaf()

@@ -238,6 +238,16 @@ def mla_cache_bytes_per_token(kv_lora_rank, qk_rope_head_dim, kv_dtype: str):
     return (_f(kv_lora_rank) + _f(qk_rope_head_dim)) * get_format(kv_dtype).bytes_per_element
 
 
+def _mla_launch(e, kv_fmt):
+    """MLA kernel fixed time for the KV-cache format (8-bit caches run other kernels)."""
+    return e.mla_launch_s_fp8kv if kv_fmt.compute == "fp8" else e.mla_launch_s
+
+
+def _mla_scale(e, kv_fmt):
+    """MLA prefill efficiency multiplier for the KV-cache (= math) format."""
+    return e.mla_prefill_eff_scale_fp8kv if kv_fmt.compute == "fp8" else e.mla_prefill_eff_scale
+
+
 def mla_prefill_cost(
     hw: Hardware,
     batch,
@@ -279,9 +289,9 @@ def mla_prefill_cost(
         kv_dtype,
         prefix_len,
         0.0,
-        e.mla_prefill_eff_scale,
+        _mla_scale(e, fmt),
         tau,
-        e.mla_launch_s,
+        _mla_launch(e, fmt),
     )
 
 
@@ -320,7 +330,7 @@ def mla_decode_cost(
         peak, eta = hw.accel.peak_flop_per_s(dtype), e.mla_decode_eff_bf16
     compute_s = safe_div(flop, peak * eta) + b * (e.mla_decode_seq_s + h * e.mla_decode_head_s)
     memory_s = _decode_mem_s(hw, bytes_)
-    t = e.mla_launch_s + _combine(compute_s, memory_s, e, tau)
+    t = _mla_launch(e, get_format(kv_dtype, "kv_dtype")) + _combine(compute_s, memory_s, e, tau)
     return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
 
 
@@ -448,9 +458,9 @@ def dsa_prefill_cost(
         kv_dtype,
         prefix_len,
         index_topk,
-        e.mla_prefill_eff_scale,
+        _mla_scale(e, fmt),
         tau,
-        e.mla_launch_s,
+        _mla_launch(e, fmt),
     )
     return idx + att
 
