@@ -228,7 +228,8 @@ def test_kd_tree_rounding_and_axis_moves_match_brute_force(h100):
         np.testing.assert_array_equal(np.sort(one), np.flatnonzero(changed == 1))
 
 
-def test_space_cache_reuses_read_only_tables(h100):
+def test_space_cache_reuses_read_only_tables(h100, monkeypatch):
+    from diffperf.search import _optimize
     from diffperf.search._optimize import _relaxed_space
 
     model = load_model("llama-3.1-8b")
@@ -243,6 +244,15 @@ def test_space_cache_reuses_read_only_tables(h100):
     assert _relaxed_space(h100, model, 4, "aggregated", SPACE, dt) is not a
     with pytest.raises(ValueError, match="read-only"):
         a.table.columns["tp"][0] = 3.0
+    # bounded by designs held: least recently used spaces go first, the newest always stays
+    monkeypatch.setattr(_optimize, "_SPACES", {})
+    monkeypatch.setattr(_optimize, "_SPACES_MAX_ROWS", a.table.size + 1)
+    a = _relaxed_space(h100, model, 8, "aggregated", SPACE, dt)
+    c = _relaxed_space(h100, model, 4, "aggregated", SPACE, dt)
+    assert list(_optimize._SPACES.values()) == [c]
+    monkeypatch.setattr(_optimize, "_SPACES_MAX_ROWS", 0)
+    assert _relaxed_space(h100, model, 8, "aggregated", SPACE, dt) is not a
+    assert len(_optimize._SPACES) == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -299,6 +299,9 @@ def _fingerprint(tree) -> tuple:
 
 _SPACES: dict = {}
 _SPACES_MAX = 8
+# a 4-million-design table with its tree, codes and float columns takes ~1.5 GB: the cache is
+# bounded by designs held as well as by count (the newest space is always kept)
+_SPACES_MAX_ROWS = 4_000_000
 
 
 def _relaxed_space(hw, model, n_devices, scheme, space, dtypes) -> RelaxedSpace:
@@ -307,7 +310,8 @@ def _relaxed_space(hw, model, n_devices, scheme, space, dtypes) -> RelaxedSpace:
     Research scripts search the same space many times (other objectives, SLOs, workloads,
     seeds); the table, its normalised rows, the k-d tree used for rounding and the integer
     codes used for axis moves are built once (a 2 x 10^5-row P/D table: ~0.2 s). The cache
-    holds the last ``_SPACES_MAX`` spaces; a table is read-only once built.
+    holds the most recently used spaces, at most ``_SPACES_MAX`` of them and at most
+    ``_SPACES_MAX_ROWS`` designs in all; a table is read-only once built.
     """
     key = (_fingerprint(hw), _fingerprint(model), int(n_devices), scheme, space, tuple(dtypes))
     rs = _SPACES.pop(key, None)
@@ -317,9 +321,11 @@ def _relaxed_space(hw, model, n_devices, scheme, space, dtypes) -> RelaxedSpace:
             if isinstance(v, np.ndarray):
                 v.flags.writeable = False
         rs = RelaxedSpace.from_table(table, n_devices)
-        while len(_SPACES) >= _SPACES_MAX:
-            _SPACES.pop(next(iter(_SPACES)))
     _SPACES[key] = rs  # most recently used last
+    while len(_SPACES) > 1 and (
+        len(_SPACES) > _SPACES_MAX or sum(r.table.size for r in _SPACES.values()) > _SPACES_MAX_ROWS
+    ):
+        _SPACES.pop(next(iter(_SPACES)))  # least recently used first
     return rs
 
 
