@@ -29,8 +29,9 @@ class GemmEfficiency(eqx.Module):
       quantised copy) for formats that quantise activations (fp8, fp8_block, nvfp4); 0 when
       quantisation is fused into the previous kernel.
     - ``launch_s``: fixed per-kernel overhead (launch, setup, tail).
-    - ``scaled_launch_s``: extra fixed time of block-scaled kernels (``fp8_block``, ``nvfp4``,
-      ``mxfp4``): loading and applying the scale factors in the prologue/epilogue.
+    - ``scaled_launch_s``: extra fixed time of software block-scaled fp8 kernels
+      (``fp8_block``): loading and applying the scale factors in the prologue/epilogue.
+    - ``fp4_launch_s``: extra fixed time of fp4 kernels (``nvfp4``, ``mxfp4``).
     - ``quant_launch_s``: fixed time of the separate activation-quantisation kernels of
       per-tensor formats (``fp8``, ``int8``: an amax reduction, then the scaling pass), paid
       once per GEMM on top of their memory time.

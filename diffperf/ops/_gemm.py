@@ -11,9 +11,11 @@
   parts (fp4 kernels never split), and ``η_k = k_s / (k_s + K_half)`` for the per-unit
   reduction length ``k_s = k/s``;
 - ``η_m = mem_eff · bytes / (bytes + B_half)`` (small transfers do not reach full bandwidth);
-- ``t_quant = passes · m k (2 + a) / (bw · η_m)``: a separate activation-quantisation pass
-  for per-tensor-scaled formats whose activation quantisation is its own kernel
-  (fp8, int8; ``SEPARATE_ACT_QUANT``; nvfp4 quantisation is fused).
+- ``t_quant = passes · m k (2 + a) / (bw · η_m) + quant_launch_s``: a separate
+  activation-quantisation pass for per-tensor-scaled formats whose activation quantisation is
+  its own kernel (fp8, int8; ``SEPARATE_ACT_QUANT``; nvfp4 quantisation is fused);
+- ``launch``: ``launch_s``, plus ``scaled_launch_s`` for fp8_block and ``fp4_launch_s`` for
+  fp4 formats (0 in the hand-fitted profiles; calibration fits them).
 
 All ceilings/floors are straight-through: exact forward values, finite identity-slope
 gradients. A precision without native support runs on the next wider one
@@ -34,8 +36,9 @@ from ._cost import OpCost
 # scale needs the whole tensor's amax). fp8_block quantises per 1x128 group and is fused; bf16
 # and weight-only formats keep bf16 activations.
 SEPARATE_ACT_QUANT = frozenset({"fp8", "int8"})
-# Block-scaled formats: the kernel also loads and applies per-block scale factors, a fixed
-# prologue/epilogue cost on top of ``launch_s`` (``scaled_launch_s``).
+# Fixed costs on top of ``launch_s`` by kernel kind: software block-scaled fp8 kernels load
+# and apply per-block scales in their prologue/epilogue (``scaled_launch_s``); fp4 kernels
+# (hardware block scales, other tile shapes) have their own (``fp4_launch_s``).
 BLOCK_SCALED = frozenset({"fp8_block"})
 FP4_SCALED = frozenset({"nvfp4", "mxfp4", "fp4"})
 
