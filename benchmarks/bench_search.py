@@ -29,12 +29,15 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import numpy as np  # noqa: E402
+
 from diffperf.deploy import load_workload  # noqa: E402
 from diffperf.hardware import load_hardware  # noqa: E402
+from diffperf.hardware._cost_model import default_cost_model  # noqa: E402
 from diffperf.model import load_model  # noqa: E402
 from diffperf.search import GridSpace, grid_search  # noqa: E402
 from diffperf.search._objective import make_objective  # noqa: E402
-from diffperf.search._optimize import OptimizeSettings, optimize_scheme  # noqa: E402
+from diffperf.search._optimize import OptimizeSettings, _exact, optimize_scheme  # noqa: E402
 from diffperf.search._relax import HardwareSpace  # noqa: E402
 
 
@@ -130,11 +133,6 @@ def _sampled_grid(hw, model, w, rs, hs, obj, space, points: int) -> dict:
     """Exact evaluation of ``points`` uniformly drawn (deployment, hardware) pairs of the
     space, as the grid would evaluate them (one vectorised call; first call includes
     compilation): the per-point cost that prices the full grid, and the sample's best."""
-    import numpy as np
-
-    from diffperf.hardware._cost_model import default_cost_model
-    from diffperf.search._optimize import _exact
-
     rng = np.random.default_rng(0)
     rows = rng.integers(0, rs.table.size, points)
     hidx = np.stack([rng.integers(0, len(lev), points) for lev in hs.levels], axis=1)

@@ -330,7 +330,7 @@ def mla_decode_cost(
         peak, eta = hw.accel.peak_flop_per_s(dtype), e.mla_decode_eff_bf16
     compute_s = safe_div(flop, peak * eta) + b * (e.mla_decode_seq_s + h * e.mla_decode_head_s)
     memory_s = _decode_mem_s(hw, bytes_)
-    t = _mla_launch(e, get_format(kv_dtype, "kv_dtype")) + _combine(compute_s, memory_s, e, tau)
+    t = _mla_launch(e, fmt) + _combine(compute_s, memory_s, e, tau)
     return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
 
 

@@ -36,11 +36,6 @@ from ._cost import OpCost
 # scale needs the whole tensor's amax). fp8_block quantises per 1x128 group and is fused; bf16
 # and weight-only formats keep bf16 activations.
 SEPARATE_ACT_QUANT = frozenset({"fp8", "int8"})
-# Fixed costs on top of ``launch_s`` by kernel kind: software block-scaled fp8 kernels load
-# and apply per-block scales in their prologue/epilogue (``scaled_launch_s``); fp4 kernels
-# (hardware block scales, other tile shapes) have their own (``fp4_launch_s``).
-BLOCK_SCALED = frozenset({"fp8_block"})
-FP4_SCALED = frozenset({"nvfp4", "mxfp4", "fp4"})
 
 
 def _ste_floor(x):
@@ -122,7 +117,7 @@ def gemm_cost(
     **Returns:** an :class:`OpCost` (``time_s``, both roofline legs, FLOP and bytes).
     """
     e = hw.accel.eff.gemm
-    get_format(dtype)  # validates the name (clear error for an unknown format)
+    fmt = get_format(dtype)  # validates the name (clear error for an unknown format)
     m = jnp.asarray(m, dtype=float)
     n = jnp.asarray(n, dtype=float)
     k = jnp.asarray(k, dtype=float)
@@ -134,9 +129,11 @@ def gemm_cost(
     )
     memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
     t = smooth_max2(compute_s, memory_s, tau) + e.launch_s
-    if dtype in BLOCK_SCALED:
+    # fixed costs by kernel kind: software block-scaled fp8 kernels load and apply per-block
+    # scales in their prologue/epilogue; fp4 kernels (hardware block scales) have their own
+    if dtype == "fp8_block":
         t = t + e.scaled_launch_s
-    if dtype in FP4_SCALED:
+    if fmt.compute == "fp4":
         t = t + e.fp4_launch_s
     if dtype in SEPARATE_ACT_QUANT:
         ab = activation_bytes(dtype)

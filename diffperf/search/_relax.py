@@ -20,9 +20,9 @@ exactly (the round trip is tested).
 **Rounding** (:meth:`RelaxedSpace.nearest`): the valid designs nearest a relaxed point, by
 Euclidean distance in the normalised coordinates, found among the table's rows with a k-d
 tree (built once per space, so rounding costs microseconds instead of a scan of every
-design); the optimiser then evaluates these neighbours exactly. Since the rows are exactly the valid
-designs, rounding can only land on valid integers (divisors of heads and experts, plans that
-use the budget exactly).
+design); the optimiser then evaluates these neighbours exactly. Since the rows are exactly
+the valid designs, rounding can only land on valid integers (divisors of heads and experts,
+plans that use the budget exactly).
 
 **Hardware** (:class:`HardwareSpace`): peak FLOP/s (all precisions scaled together), HBM
 bandwidth and capacity, scale-up bandwidth and domain size, NIC bandwidth, each between
@@ -209,9 +209,7 @@ class RelaxedSpace:
         moves along one or two axes of the space, e.g. another batch limit, or another TP with
         the matching instance count), the ``cap`` nearest of them."""
         codes = self._codes
-        diff = np.zeros(codes.shape[1], dtype=np.int32)
-        for i in range(codes.shape[0]):
-            diff += codes[i] != codes[i, row]
+        diff = (codes != codes[:, row, None]).sum(axis=0)
         idx = np.flatnonzero((diff <= max_changed) & (diff > 0))
         if len(idx) > cap:
             d = ((self.rows[idx] - self.rows[row]) ** 2).sum(axis=1)
