@@ -224,7 +224,7 @@ def findings(rows: list) -> list[str]:
     mem_eff = float(e.gemm.mem_eff)
     gemm_eff = float(e.gemm.compute_eff_bf16)
     attn_eff = float(e.attention.prefill_eff_bf16)
-    imbalance = float(e.moe.imbalance)
+    tile = float(e.moe.tile_m_elems)
     ms = models(quick=False)
     dense10 = int(float(ms["dense-10T (405B scaled)"].num_layers))
     moe10 = int(float(ms["moe-10T (V3 scaled)"].num_experts))
@@ -255,10 +255,10 @@ def findings(rows: list) -> list[str]:
         "- **Compute for TTFT**, MoE models: "
         + _range(rows, "pflop_s", "pflop_roofline", lambda x: moe(x) and x["isl"] < 1e5)
         + f"x. A 1,000-3,000-token prompt spreads over 256 (DeepSeek-V3) or {moe10} (moe-10T) "
-        "experts, a few tokens per expert: grouped GEMMs with small m run far below peak, "
-        f"with a load-imbalance factor of {imbalance:.2f}, and touch nearly every expert's "
-        "weights. "
-        "A roofline that counts 2 x active parameters x tokens misses all three; the gap "
+        "experts, a few tokens per expert: grouped GEMMs with small m pad their row tiles "
+        f"({tile:.0f} rows) and run far below peak, and the layer touches nearly every "
+        "expert's weights. "
+        "A roofline that counts 2 x active parameters x tokens misses both; the gap "
         "grows with the expert count.",
         "- **Capacity**: weights + KV at ISL + OSL + prefill activations (usable fraction "
         "applied); the 1M-token rows are dominated by the KV cache (Llama-3.1-405B: 0.5 MB "

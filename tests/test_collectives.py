@@ -45,6 +45,8 @@ def _hw_clean():
         ll_per_copy_s=0.0,
         ll_combine_latency_s=30e-6,
         combine_bw_factor=1.0,
+        p2p_ll_threshold_bytes=16384.0,
+        p2p_simple_latency_s=0.0,
     )
     return eqx.tree_at(lambda h: h.accel.eff.comm, hw, eff)
 
@@ -94,6 +96,29 @@ def test_all_to_all_golden():
     # 16 GPUs: 7/16 S inside (NVLink), 8/16 S across NICs concurrently; NIC leg dominates.
     want16 = 5e-6 + 3 * 3e-6 + 1 * 8e-6 + 8 / 16 * S / BW_OUT
     np.testing.assert_allclose(C.all_to_all_cost(HWC, S, 16.0).time_s, want16, rtol=1e-9)
+
+
+def test_p2p_protocol_switch_golden():
+    # NCCL leaves its LL protocol above 16 KiB per peer: with p2p_simple_latency_s = 4 us the
+    # all-to-all of 8 ranks costs exactly 4 us more once S/8 > 16384 B (S > 131072 B), and
+    # nothing more at or below it; send/recv switches at S > 16384 B.
+    hw4 = eqx.tree_at(lambda h: h.accel.eff.comm.p2p_simple_latency_s, HWC, jnp.asarray(4e-6))
+    for S, extra in ((131072.0, 0.0), (131073.0, 4e-6), (1e3, 0.0), (1e8, 4e-6)):
+        d = C.all_to_all_cost(hw4, S, 8.0).time_s - C.all_to_all_cost(HWC, S, 8.0).time_s
+        np.testing.assert_allclose(d, extra, rtol=1e-9, atol=1e-15)
+    for S, extra in ((16384.0, 0.0), (16385.0, 4e-6)):
+        d = C.p2p_cost(hw4, S, 0.0).time_s - C.p2p_cost(HWC, S, 0.0).time_s
+        np.testing.assert_allclose(d, extra, rtol=1e-9, atol=1e-15)
+    # tau > 0: a logistic blend in log(per-peer bytes / threshold), half-way at the threshold
+    d = C.all_to_all_cost(hw4, 131072.0, 8.0, tau=0.1).time_s
+    d = d - C.all_to_all_cost(HWC, 131072.0, 8.0, tau=0.1).time_s
+    np.testing.assert_allclose(d, 2e-6, rtol=1e-6)
+    g = jax.grad(lambda s: C.all_to_all_cost(hw4, s, 8.0, tau=0.1).time_s)(131072.0)
+    assert bool(jnp.isfinite(g)) and float(g) > 0
+    # a threshold of 0 (no NCCL) always pays the Simple latency
+    hw0 = eqx.tree_at(lambda h: h.accel.eff.comm.p2p_ll_threshold_bytes, hw4, jnp.asarray(0.0))
+    d = C.all_to_all_cost(hw0, 1e3, 8.0).time_s - C.all_to_all_cost(HWC, 1e3, 8.0).time_s
+    np.testing.assert_allclose(d, 4e-6, rtol=1e-9)
 
 
 def test_custom_all_reduce_golden():

@@ -35,23 +35,76 @@ def test_experts_touched_limits():
 
 def test_golden_weight_bound(hw):
     # T=32 balanced, deepseek fp8_block, tp=ep=1: 32*8 = 256 = E, so every expert is touched
-    # (f = min(1, Tk/E) = 1); A = 256*imbalance local assignments (skew = 0), m_e = A/256 rows
-    # per expert, so the weight stream beats the tensor cores and (module docstring):
-    # t = [256*3*H*I*w + A*(H*(2+a+4) + I*(2*2+2+a)) + passes*T*H*2] / (bw*mem_eff)
+    # (f = min(1, Tk/E) = 1); one rank holds exactly its load (λ = 1 at ep = 1, skew = 0), so
+    # A = 256 local assignments, one row per expert: the weight stream beats the tensor cores
+    # and (module docstring), with b_e = 3*H*I*w the weight bytes of one expert,
+    # t = 256*b_e / (bw*mem_eff*b_e/(b_e + weight_half_bytes))
+    #     + [A*(H*(2+a+4) + I*(2*2+2+a)) + passes*T*H*2] / (bw*act_mem_eff)
     #     + routing_s + assign_s*T*k, with w = a = 1 + 4/128 (fp8 + one fp32 per 128).
     me = hw.accel.eff.moe
     h, i, e, k = DS
     w = 1.0 + 4.0 / 128.0
-    a = 256.0 * float(me.imbalance)
-    b = (
-        256 * 3 * h * i * w
-        + a * (h * (2 + w + 4) + i * (4 + 2 + w))
-        + float(me.permute_passes) * 32 * h * 2
-    )
-    want = b / (3350e9 * float(me.mem_eff)) + float(me.routing_s) + float(me.assign_s) * 32 * k
+    b_e = 3 * h * i * w
+    bw = 3350e9
+    weight_s = 256 * b_e / (bw * float(me.mem_eff) * b_e / (b_e + float(me.weight_half_bytes)))
+    act = 256.0 * (h * (2 + w + 4) + i * (4 + 2 + w)) + float(me.permute_passes) * 32 * h * 2
+    act_s = act / (bw * float(me.act_mem_eff))
+    want = weight_s + act_s + float(me.routing_s) + float(me.assign_s) * 32 * k
+    assert float(me.weight_half_bytes) > 0 and float(me.act_mem_eff) != float(me.mem_eff)
     c = moe_layer_cost(hw, 32.0, h, i, e, k, 1.0, 1.0, "fp8_block")
     assert float(c.memory_s) > float(c.compute_s)
     np.testing.assert_allclose(c.time_s, want, rtol=1e-9)
+    np.testing.assert_allclose(c.memory_s, weight_s + act_s, rtol=1e-9)
+
+
+def test_golden_compute_bound(hw):
+    # T=16384 balanced bf16, tp=ep=1: A = T*k = 131072 rows over all 256 experts, m_e = 512
+    # rows each (a multiple of tile_m_elems = 64, so η_tile = 1). The tensor-core time is
+    # 2A*H*I*2/(P*ce*η_k(H)) + 2A*I*H/(P*ce*η_k(I)) with ce = moe.compute_eff a fraction of the
+    # bf16 dense peak P = 989.4e12 (not scaled by gemm.compute_eff_bf16) and
+    # η_k(x) = x/(x + gemm.k_half_elems).
+    me, ge = hw.accel.eff.moe, hw.accel.eff.gemm
+    h, i, e, k = DS
+    a = 16384.0 * k
+    p = 989.4e12 * float(me.compute_eff)
+    kh = float(ge.k_half_elems)
+    want = 2 * a * h * i * 2 / (p * h / (h + kh)) + 2 * a * i * h / (p * i / (i + kh))
+    c = moe_layer_cost(hw, 16384.0, h, i, e, k, 1.0, 1.0, "bf16")
+    np.testing.assert_allclose(c.compute_s, want, rtol=1e-6)
+    np.testing.assert_allclose(c.flop, 2 * a * h * i * 3, rtol=1e-12)
+    slower_dense = eqx.tree_at(lambda x: x.accel.eff.gemm.compute_eff_bf16, hw, jnp.asarray(0.5))
+    np.testing.assert_allclose(
+        moe_layer_cost(slower_dense, 16384.0, h, i, e, k, 1.0, 1.0, "bf16").compute_s,
+        c.compute_s,
+        rtol=1e-12,
+    )
+
+
+def test_balanced_load_by_ep(hw):
+    # flop = 2*A*H*I_r*3 with A = λ*T*k/ep: λ(1) = 1 whatever imbalance is, and
+    # λ(4) = 1 + (imbalance - 1)*(1 - 1/4); with imbalance 1.4: λ(4) = 1.3.
+    h, i, e, k = DS
+    hw2 = eqx.tree_at(lambda x: x.accel.eff.moe.imbalance, hw, jnp.asarray(1.4))
+    flop = lambda ep: float(moe_layer_cost(hw2, 4096.0, h, i, e, k, 1.0, ep, "bf16").flop)
+    base = 2 * 4096.0 * k * h * i * 3
+    np.testing.assert_allclose(flop(1.0), base, rtol=1e-12)
+    np.testing.assert_allclose(flop(4.0), base / 4 * 1.3, rtol=1e-12)
+
+
+def test_weight_only_row_tile(hw):
+    # wo_tile_m_elems pads only weight-only GEMMs: T=16, k=8, ep=16 gives A = 8 rows on the
+    # rank over its 16 experts; doubling the weight-only tile doubles their padded compute
+    # (η_tile = m_e/tile while m_e < tile) and leaves bf16 unchanged.
+    args = (16.0, *DS, 1.0, 16.0)
+    hw2 = eqx.tree_at(
+        lambda x: x.accel.eff.moe.wo_tile_m_elems, hw, hw.accel.eff.moe.wo_tile_m_elems * 2
+    )
+    c1 = moe_layer_cost(hw, *args, "w4a16_mxfp4")
+    c2 = moe_layer_cost(hw2, *args, "w4a16_mxfp4")
+    np.testing.assert_allclose(c2.compute_s, 2 * c1.compute_s, rtol=1e-12)
+    np.testing.assert_allclose(
+        moe_layer_cost(hw2, *args, "bf16").time_s, moe_layer_cost(hw, *args, "bf16").time_s
+    )
 
 
 def test_weight_only_path_cost(hw):

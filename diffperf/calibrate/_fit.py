@@ -106,13 +106,16 @@ SWEEP_COLUMN: dict[str, str] = {
 
 _U, _P, _G = "unit", "pos", "ge1"
 
-# Fixed costs that a profile may leave out (0 = not modelled there; the hand-fitted profiles
-# predate them) but a fit may switch on: the fit starts them at 1 us, a kernel launch, instead
-# of keeping them at 0. Rows that do not exercise one (e.g. no fp4 GEMMs) leave it at 0.
+# Fixed costs and ramp sizes that a profile may leave out (0 = not modelled there; most
+# profiles are transferred, not fitted) but a fit may switch on: the fit starts them at a
+# kernel launch (1 us) or a small transfer (100 KB) instead of keeping them at 0. Rows that do
+# not exercise one (e.g. no fp4 GEMMs) leave it at 0.
 START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "scaled_launch_s"): 1e-6,
     ("gemm", "quant_launch_s"): 1e-6,
     ("gemm", "fp4_launch_s"): 1e-6,
+    ("moe", "weight_half_bytes"): 1e5,
+    ("comm", "p2p_simple_latency_s"): 1e-6,
 }
 FIT_FIELDS: dict[str, dict[str, str]] = {
     "gemm": {
@@ -169,6 +172,8 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "wo_compute_eff": _U,
         "wo_fixed_s": _P,
         "wo_assign_s": _P,
+        "weight_half_bytes": _P,
+        "act_mem_eff": _U,
     },
     "comm": {
         "base_latency_s": _P,
@@ -194,6 +199,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "ll_per_copy_s": _P,
         "ll_combine_latency_s": _P,
         "combine_bw_factor": _P,
+        "p2p_simple_latency_s": _P,
     },
 }
 # Fields kept fixed (structure of the kernels, not an efficiency): documented for reports.

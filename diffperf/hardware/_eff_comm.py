@@ -43,6 +43,10 @@ class CommEfficiency(eqx.Module):
       (and NVLink one-sided) kernels; ``ll_combine_latency_s`` the LL combine's fixed latency
       (no layout/quantisation pass, lower than dispatch).
     - ``combine_bw_factor``: combine bandwidth relative to dispatch (reduction on receive).
+    - ``p2p_ll_threshold_bytes``: per-peer message size up to which NCCL point-to-point
+      operations (all-to-all, send/recv) use the low-latency protocol (NCCL's
+      ``NCCL_P2P_LL_THRESHOLD``, 16 KiB by default); 0 = never.
+    - ``p2p_simple_latency_s``: extra latency of the Simple protocol used above it.
     """
 
     base_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -68,3 +72,5 @@ class CommEfficiency(eqx.Module):
     ll_per_copy_s: FloatScalarLike = eqx.field(converter=as_float_array)
     ll_combine_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
     combine_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
+    p2p_ll_threshold_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
+    p2p_simple_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -10,15 +10,22 @@ class MoEEfficiency(eqx.Module):
     """Grouped-GEMM, routing and load-imbalance parameters of a fused MoE layer.
 
     **Fields** (all float leaves, SI units):
-    - ``compute_eff``: fraction of the dense-GEMM compute efficiency (``eff.gemm``'s
-      per-precision value and tile quantisation) that grouped expert GEMMs keep.
-    - ``mem_eff``: fraction of HBM bandwidth reached when streaming expert weights.
+    - ``compute_eff``: fraction of the format's dense peak that grouped expert GEMMs reach
+      with full row tiles (its own kernels: not a multiple of ``eff.gemm``'s dense-GEMM
+      fractions, which measured MoE layers exceed on B200).
+    - ``mem_eff``: fraction of HBM bandwidth reached when streaming large expert weights.
+    - ``weight_half_bytes``: weight bytes of one expert (``g·H·I_r·w``) at which its stream
+      reaches half of ``mem_eff`` (small, high-TP experts stream slower); 0 = no ramp.
+    - ``act_mem_eff``: fraction of HBM bandwidth reached by the activation kernels (expand,
+      activation, finalize: gathers and scatters of token rows) and the routing passes.
     - ``routing_s``: fixed cost of the router top-k, permute and finalize kernels.
     - ``permute_passes``: HBM passes over the bf16 ``tokens × hidden`` rows in routing and
       finalize (scales with tokens, not assignments).
     - ``tile_m_elems``: row tile of the grouped GEMM (small-m MoE kernels use a small row
       tile or swap A/B); rows per expert are padded to it.
-    - ``imbalance``: load factor (>= 1) of the busiest rank under balanced routing.
+    - ``wo_tile_m_elems``: row tile of the weight-only (mixed-input) grouped GEMM.
+    - ``imbalance``: load factor (>= 1) of the busiest of many ranks under balanced routing
+      (``1 + (imbalance − 1)(1 − 1/ep)`` for ``ep`` ranks: exactly 1 on a single rank).
     - ``skew_ep_exponent``: skewed routing loads rank 0 by ``ep ** (exponent · skew)``
       (the share of a power-law-routed load held by the busiest of ``ep`` ranks).
     - ``assign_s``: time per routed (token, expert) assignment, all ``T·k`` of them, in the
@@ -40,3 +47,6 @@ class MoEEfficiency(eqx.Module):
     wo_compute_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     wo_fixed_s: FloatScalarLike = eqx.field(converter=as_float_array)
     wo_assign_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    weight_half_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
+    act_mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
+    wo_tile_m_elems: FloatScalarLike = eqx.field(converter=as_float_array)

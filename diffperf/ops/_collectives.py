@@ -24,6 +24,11 @@ Model (alpha-beta per tier, Hockney; Thakur et al. 2005 for the ring volumes):
 - all-to-all (``S`` = per-rank send buffer): ``S·(g-1)/n`` bytes stay in the domain,
   ``S·(n-g)/n`` cross NICs, both concurrently (smooth max); ``log2(n)`` latency steps
   (pairwise exchanges are issued together).
+- Point-to-point protocol (all-to-all and send/recv are NCCL p2p operations): up to
+  ``p2p_ll_threshold_bytes`` per peer NCCL sends with its low-latency protocol (flags inline
+  with the data); above it, the Simple protocol adds ``p2p_simple_latency_s`` of
+  synchronisation per operation. A hard switch at ``tau = 0``; at ``tau > 0`` a logistic
+  blend in ``log(per-peer bytes / threshold)`` of width ``tau``.
 - TRT-LLM custom all-reduce: one-shot (each rank reads all ``n-1`` peers' buffers, 1 step)
   or two-shot (reduce-scatter + all-gather, 2 steps), whichever is faster; NCCL beyond the
   domain.
@@ -31,6 +36,7 @@ Model (alpha-beta per tier, Hockney; Thakur et al. 2005 for the ring volumes):
   so gradients stay finite at ``n = 1``.
 """
 
+import jax
 import jax.numpy as jnp
 
 from .._dtypes import activation_bytes, get_format
@@ -123,6 +129,20 @@ def _ring_up_s(hw: Hardware, volume_bytes, steps, shard_bytes, g, factor=1.0):
     )
 
 
+def _p2p_protocol_s(hw: Hardware, peer_bytes, tau: float):
+    """Extra latency of NCCL's Simple protocol for ``peer_bytes`` per peer (0 under LL)."""
+    e = hw.accel.eff.comm
+    b = _f(peer_bytes)
+    thr = e.p2p_ll_threshold_bytes
+    if tau > 0:
+        ok = (b > 0) & (thr > 0)
+        z = safe_div(jnp.log(jnp.where(ok, b, 1.0)) - jnp.log(jnp.where(ok, thr, 1.0)), tau)
+        w = jnp.where(ok, jax.nn.sigmoid(z), jnp.where(b > thr, 1.0, 0.0))
+    else:
+        w = jnp.where(b > thr, 1.0, 0.0)
+    return w * e.p2p_simple_latency_s
+
+
 def _check_impl(impl: str, allowed: tuple[str, ...], fn: str):
     if impl not in allowed:
         raise ValueError(f"{fn}: impl={impl!r} is not one of {allowed}")
@@ -211,7 +231,8 @@ def all_to_all_cost(
 ) -> OpCost:
     """All-to-all; ``message_bytes`` is the per-rank send buffer (``S/n`` to each peer).
 
-    ``t = base + log2(n)·α + smooth_max(S(g-1)/n / (bw·η·f_a2a), S(n-g)/n / bw_out)``.
+    ``t = base + log2(n)·α + smooth_max(S(g-1)/n / (bw·η·f_a2a), S(n-g)/n / bw_out)``
+    ``+ t_protocol(S/n)`` (NCCL's Simple-protocol latency above its per-peer LL threshold).
     """
     _check_impl(impl, ("nccl",), "all_to_all_cost")
     e = hw.accel.eff.comm
@@ -227,6 +248,7 @@ def all_to_all_cost(
     )
     out = _transfer_s(hw, (n - g) * shard, shard, _out_bw(hw), 1.0, scaleout=True)
     lat = _log2_pos(g) * _alpha_up(hw) + _log2_pos(m) * _alpha_out(hw)
+    lat = lat + _p2p_protocol_s(hw, shard, tau)
     t = e.base_latency_s + lat + smooth_max2(up, out, tau)
     return _comm_cost(_active(n) * t)
 
@@ -235,15 +257,16 @@ def p2p_cost(hw: Hardware, message_bytes, cross_domain=0.0, tau: float = 0.0) ->
     """Point-to-point send/recv of ``message_bytes`` between two ranks.
 
     ``cross_domain`` in [0, 1] is the probability (or relaxed indicator) that the peer is in
-    another scale-up domain: ``t = base + (1-x)·t_up + x·t_out`` with ``t_tier = α + S/bw·sat``.
+    another scale-up domain: ``t = base + (1-x)·t_up + x·t_out + t_protocol(S)`` with
+    ``t_tier = α + S/bw·sat`` and ``t_protocol`` NCCL's Simple-protocol latency above its LL
+    threshold (module docstring).
     """
-    del tau
     e = hw.accel.eff.comm
     S = _f(message_bytes)
     x = jnp.clip(_f(cross_domain), 0.0, 1.0)
     up = _alpha_up(hw) + _transfer_s(hw, S, S, hw.fabric.scaleup_bw_bytes_per_s, _up_eff(hw, 2.0))
     out = _alpha_out(hw) + _transfer_s(hw, S, S, _out_bw(hw), 1.0, scaleout=True)
-    t = e.base_latency_s + (1.0 - x) * up + x * out
+    t = e.base_latency_s + (1.0 - x) * up + x * out + _p2p_protocol_s(hw, S, tau)
     return _comm_cost(jnp.where(S > 0, t, 0.0))
 
 

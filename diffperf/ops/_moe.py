@@ -7,21 +7,28 @@ the ``tokens·top_k`` assignments spread over ``E`` experts, of which this rank 
 bytes and ``w`` the weight bytes per element:
 
 - local assignments ``A = λ·T·k/ep`` with the busiest rank's load factor
-  ``λ = imbalance · ep^(skew_ep_exponent·skew)`` (rank 0's latency is measured);
+  ``λ = (1 + (imbalance − 1)·(1 − 1/ep)) · ep^(skew_ep_exponent·skew)`` (rank 0's latency
+  is measured; a single rank, ``ep = 1``, holds exactly its own load under balanced routing,
+  and the busiest of many ranks carries ``imbalance`` times the mean);
 - experts touched on the rank ``E_t = E_r·f``: ``f = min(1, T·k/E)`` for balanced
   (round-robin) routing and ``1 − (1 − k/E)^T`` (random routing, see
   :func:`expected_experts_touched`) mixed in with weight ``min(skew, 1)``;
 - grouped GEMMs, a roofline of the weight stream and the tensor-core work:
-  ``t_gemm = smooth_max(t_c, E_t·g·H·I_r·w / (bw·mem_eff))`` with
+  ``t_gemm = smooth_max(t_c, E_t·b_e / (bw·mem_eff·b_e/(b_e + weight_half_bytes)))`` with
+  ``b_e = g·H·I_r·w`` the weight bytes of one expert (small experts' weight streams do not
+  reach full bandwidth) and
   ``t_c = 2A·H·I_r·(g−1)/(P·η·η_k(H)) + 2A·I_r·H/(P·η·η_k(I_r))`` (gate/up then down),
-  ``η = eff.gemm.compute_eff_<prec> · [block_scale_eff] · moe.compute_eff · η_tile(m_e)
-  · [moe.wo_compute_eff]``, ``η_k(k) = k/(k + eff.gemm.k_half_elems)`` (short reductions,
-  e.g. the down GEMM at high TP) and ``η_tile`` the padding of the rows per touched expert
-  ``m_e = A/E_t`` to the grouped GEMM's ``moe.tile_m_elems`` (weight-only kernels
-  dequantise each weight tile once per row tile, which is what this padding charges);
-- activation traffic of the separate expand / activation / finalize kernels, additive:
-  ``A·(H·(2 + a + 4) + I_r·(2(g−1) + 2 + a)) / (bw·mem_eff)``;
-- routing, additive: ``routing_s + assign_s·T·k + permute_passes·T·H·2/(bw·mem_eff)``
+  ``η = moe.compute_eff · [block_scale_eff] · η_tile(m_e) · [moe.wo_compute_eff]`` of the
+  format's dense peak ``P`` (grouped expert GEMMs are their own kernels: their fraction of
+  peak is fitted on MoE layers, not inherited from dense GEMMs),
+  ``η_k(k) = k/(k + eff.gemm.k_half_elems)`` (short reductions, e.g. the down GEMM at high
+  TP) and ``η_tile`` the padding of the rows per touched expert ``m_e = A/E_t`` to the
+  grouped GEMM's ``moe.tile_m_elems``, or ``moe.wo_tile_m_elems`` for weight-only kernels
+  (they dequantise each weight tile once per row tile, which this padding charges);
+- activation traffic of the separate expand / activation / finalize kernels, additive, at
+  their own bandwidth fraction (gathers and scatters of token rows):
+  ``A·(H·(2 + a + 4) + I_r·(2(g−1) + 2 + a)) / (bw·act_mem_eff)``;
+- routing, additive: ``routing_s + assign_s·T·k + permute_passes·T·H·2/(bw·act_mem_eff)``
   (top-k, sort and scatter of all ``T·k`` assignments, passes over the bf16 token rows);
   weight-only formats add ``wo_fixed_s + wo_assign_s·T·k`` (their separate kernel path).
 """
@@ -81,7 +88,6 @@ def moe_layer_cost(
     ge = hw.accel.eff.gemm
     me = hw.accel.eff.moe
     fmt = get_format(dtype)
-    prec = hw.accel.compute_precision(dtype)
     t = jnp.asarray(tokens, dtype=float)
     h = jnp.asarray(hidden, dtype=float)
     inter = jnp.asarray(intermediate, dtype=float)
@@ -93,11 +99,14 @@ def moe_layer_cost(
     g = 3.0 if gated else 2.0
     a_b = activation_bytes(dtype)
     w_b = fmt.bytes_per_element
-    bw = hw.accel.hbm.bw_bytes_per_s * me.mem_eff
+    bw_peak = hw.accel.hbm.bw_bytes_per_s
+    act_bw = bw_peak * me.act_mem_eff
 
     e_r = safe_div(e, ep)
     i_r = safe_div(inter, tp)
-    load = me.imbalance * jnp.exp(me.skew_ep_exponent * skew * jnp.log(jnp.maximum(ep, 1.0)))
+    ep1 = jnp.maximum(ep, 1.0)
+    balanced_load = 1.0 + (me.imbalance - 1.0) * (1.0 - safe_div(1.0, ep1))
+    load = balanced_load * jnp.exp(me.skew_ep_exponent * skew * jnp.log(ep1))
     assign = safe_div(t * k, ep) * load
     f_bal = jnp.minimum(1.0, safe_div(t * k, e))
     f_rand = safe_div(expected_experts_touched(t, k, e), e)
@@ -106,8 +115,9 @@ def moe_layer_cost(
 
     # grouped GEMMs: tensor-core work vs the weight stream
     m_e = safe_div(assign, touched)
-    tile_eff = safe_div(m_e, ceil_div(m_e, me.tile_m_elems) * me.tile_m_elems)
-    eff = getattr(ge, f"compute_eff_{prec}") * me.compute_eff * tile_eff
+    tile_m = me.wo_tile_m_elems if fmt.weight_only else me.tile_m_elems
+    tile_eff = safe_div(m_e, ceil_div(m_e, tile_m) * tile_m)
+    eff = me.compute_eff * tile_eff
     if dtype == "fp8_block":
         eff = eff * ge.block_scale_eff
     if fmt.weight_only:
@@ -118,8 +128,10 @@ def moe_layer_cost(
     compute_s = safe_div(flop_up, peak * saturating(h, ge.k_half_elems)) + safe_div(
         flop_down, peak * saturating(i_r, ge.k_half_elems)
     )
-    w_bytes = touched * g * h * i_r * w_b
-    gemm_s = smooth_max2(compute_s, safe_div(w_bytes, bw), tau)
+    expert_bytes = g * h * i_r * w_b
+    w_bytes = touched * expert_bytes
+    w_bw = bw_peak * me.mem_eff * safe_div(expert_bytes, expert_bytes + me.weight_half_bytes)
+    gemm_s = smooth_max2(compute_s, safe_div(w_bytes, w_bw), tau)
 
     # activation traffic of expand / activation / finalize kernels
     act_bytes = assign * (h * (2.0 + a_b + 4.0) + i_r * (2.0 * (g - 1.0) + 2.0 + a_b))
@@ -129,7 +141,7 @@ def moe_layer_cost(
     if fmt.weight_only:
         route_s = route_s + me.wo_fixed_s + me.wo_assign_s * t * k
     bytes_ = w_bytes + act_bytes + tok_bytes
-    time_s = gemm_s + safe_div(act_bytes + tok_bytes, bw) + route_s
+    time_s = gemm_s + safe_div(act_bytes + tok_bytes, act_bw) + route_s
     flop = flop_up + flop_down
-    memory_s = safe_div(bytes_, bw)
+    memory_s = safe_div(w_bytes, w_bw) + safe_div(act_bytes + tok_bytes, act_bw)
     return OpCost(time_s, compute_s, memory_s, jnp.zeros_like(time_s), flop, bytes_)
