@@ -144,6 +144,33 @@ def test_mla_fp8_kv_parameters_apply_only_to_fp8_kv_kernels():
     assert float(prefill(slow, "fp8")) > float(prefill(HW, "fp8"))
 
 
+def test_mla_decode_mem_eff_and_module_row_cost():
+    """``mla_decode_mem_eff`` (= decode_mem_eff in the hand profiles) sets the MLA decode
+    kernel's memory leg and nothing else; ``mla_module_row_s`` (0 in the hand profiles) adds
+    exactly T·row_s to an MLA block, T = batch·seq_len tokens."""
+    for name in ("h100-sxm", "b200-sxm", "mi300x", "tpu-v6e"):
+        e = load_hardware(name).accel.eff.attention
+        assert float(e.mla_decode_mem_eff) == float(e.decode_mem_eff), name
+        assert float(e.mla_module_row_s) == 0.0, name
+    e = HW.accel.eff.attention
+    half = eqx.tree_at(lambda h: h.accel.eff.attention.mla_decode_mem_eff, HW, e.decode_mem_eff / 2)
+    # memory leg (B + B_half)/(bw·η): halving η doubles it exactly
+    args = (8.0, 4096.0, 16.0, 512.0, 64.0, "bf16", "bf16")
+    np.testing.assert_allclose(
+        mla_decode_cost(half, *args).memory_s, 2 * mla_decode_cost(HW, *args).memory_s, rtol=1e-12
+    )
+    gqa = (8.0, 4096.0, 32.0, 8.0, 128.0, "bf16", "bf16")
+    assert float(attention_decode_cost(half, *gqa).time_s) == float(
+        attention_decode_cost(HW, *gqa).time_s
+    )
+    row = eqx.tree_at(lambda h: h.accel.eff.attention.mla_module_row_s, HW, _f(2e-8))
+    spec = _ds_v3()
+    for phase, s_len, tokens in (("prefill", 512.0, 4 * 512.0), ("decode", 1.0, 4.0)):
+        d = mla_module_cost(row, spec, 4.0, s_len, 1024.0, 16.0, phase).time_s
+        d = d - mla_module_cost(HW, spec, 4.0, s_len, 1024.0, 16.0, phase).time_s
+        np.testing.assert_allclose(d, tokens * 2e-8, rtol=1e-9)
+
+
 # -------------------------------------------------------------------------------- gradients
 
 

@@ -116,6 +116,7 @@ START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "fp4_launch_s"): 1e-6,
     ("moe", "weight_half_bytes"): 1e5,
     ("comm", "p2p_simple_latency_s"): 1e-6,
+    ("attention", "mla_module_row_s"): 1e-9,
 }
 FIT_FIELDS: dict[str, dict[str, str]] = {
     "gemm": {
@@ -156,10 +157,12 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "mla_prefill_eff_scale_fp8kv": _P,
         "mla_decode_eff_bf16": _U,
         "mla_decode_eff_fp8": _U,
+        "mla_decode_mem_eff": _U,
         "mla_decode_seq_s": _P,
         "mla_decode_head_s": _P,
         "mla_module_fixed_s": _P,
         "mla_module_token_s": _P,
+        "mla_module_row_s": _P,
     },
     "moe": {
         "compute_eff": _U,

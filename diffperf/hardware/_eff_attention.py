@@ -46,11 +46,15 @@ class AttentionEfficiency(eqx.Module):
       kernels); the hand-fitted profiles set them equal to the 16-bit values.
     - ``mla_decode_eff_bf16``, ``mla_decode_eff_fp8``: fraction of the dense peak reached by
       the absorbed MLA decode kernel (math precision = KV-cache precision).
+    - ``mla_decode_mem_eff``: fraction of HBM bandwidth the MLA decode kernel reaches on
+      large latent-cache reads (its own kernels; the ``decode_bytes_half`` ramp is shared).
     - ``mla_decode_seq_s``, ``mla_decode_head_s``: device-seconds per sequence and per
       (sequence, head) of the MLA decode kernel.
     - ``mla_module_fixed_s``: fixed time of the small kernels of an MLA block (RMSNorms, RoPE,
       quantisation, KV-cache append) beyond its GEMMs and attention kernel.
     - ``mla_module_token_s``: their per-token, per-head time (device-seconds).
+    - ``mla_module_row_s``: their per-token time independent of the heads (RMSNorms of the
+      q/kv latents, k RoPE, quantisation, cache append; device-seconds).
     """
 
     prefill_eff_bf16: FloatScalarLike = _leaf()
@@ -77,3 +81,5 @@ class AttentionEfficiency(eqx.Module):
     mla_decode_head_s: FloatScalarLike = _leaf()
     mla_module_fixed_s: FloatScalarLike = _leaf()
     mla_module_token_s: FloatScalarLike = _leaf()
+    mla_decode_mem_eff: FloatScalarLike = _leaf()
+    mla_module_row_s: FloatScalarLike = _leaf()

@@ -173,10 +173,11 @@ def attention_prefill_cost(
     )
 
 
-def _decode_mem_s(hw, bytes_):
+def _decode_mem_s(hw, bytes_, mem_eff=None):
     e = hw.accel.eff.attention
+    eta = e.decode_mem_eff if mem_eff is None else mem_eff
     # eta = eta_max * B / (B + B_half)  =>  t = (B + B_half) / (bw * eta_max)
-    return safe_div(bytes_ + e.decode_bytes_half, hw.accel.hbm.bw_bytes_per_s * e.decode_mem_eff)
+    return safe_div(bytes_ + e.decode_bytes_half, hw.accel.hbm.bw_bytes_per_s * eta)
 
 
 def attention_decode_cost(
@@ -316,7 +317,8 @@ def mla_decode_cost(
       512-dim latent (DeepSeek-V3: r = 512, rope = 64); compute ∝ heads.
     - Compute leg ``FLOP/(peak_kv·η_mla_kv) + b·(t_seq + h·t_head)``; the math runs in the
       KV-cache precision (fp8 MLA kernels use fp8 MMA).
-    - ``t = launch + (t_c^p + t_m^p)^(1/p)``.
+    - ``t = launch + (t_c^p + t_m^p)^(1/p)``, the memory leg at ``mla_decode_mem_eff`` of
+      HBM bandwidth (ramping with ``decode_bytes_half`` like GQA decode).
     """
     e = hw.accel.eff.attention
     b, h, r, rope = _f(batch), _f(num_heads), _f(kv_lora_rank), _f(qk_rope_head_dim)
@@ -329,7 +331,7 @@ def mla_decode_cost(
     else:
         peak, eta = hw.accel.peak_flop_per_s(dtype), e.mla_decode_eff_bf16
     compute_s = safe_div(flop, peak * eta) + b * (e.mla_decode_seq_s + h * e.mla_decode_head_s)
-    memory_s = _decode_mem_s(hw, bytes_)
+    memory_s = _decode_mem_s(hw, bytes_, e.mla_decode_mem_eff)
     t = _mla_launch(e, fmt) + _combine(compute_s, memory_s, e, tau)
     return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
 
@@ -500,7 +502,9 @@ def mla_module_cost(
       :func:`mla_decode_cost`.
     - DSA models add :func:`dsa_indexer_cost` and attend ``min(kv, index_topk)`` keys.
     - Small kernels (RMSNorm of q/kv latents, RoPE, quantisation, cache append):
-      ``mla_module_fixed_s + T · h · mla_module_token_s``.
+      ``mla_module_fixed_s + T · (mla_module_row_s + h · mla_module_token_s)`` (RMSNorms of
+      the latents, k RoPE, quantisation and the cache append are per token; q RoPE is per
+      token and head).
     """
     from ._gemm import gemm_costs
 
@@ -581,6 +585,6 @@ def mla_module_cost(
         else:
             att = mla_decode_cost(hw, b, kv, h, r, rope, dtype, kv_dtype, tau)
         parts = [gemms, bmm, att]
-    small_s = e.mla_module_fixed_s + tokens * h * e.mla_module_token_s
+    small_s = e.mla_module_fixed_s + tokens * (e.mla_module_row_s + h * e.mla_module_token_s)
     small = OpCost(small_s, jnp.zeros_like(small_s), small_s)
     return sum_costs(*parts, small)
