@@ -130,6 +130,61 @@ def test_uncertainty_grows_with_noise(clean_fit):
     assert s_noisy > 3 * s_clean
 
 
+# True MoE-family values of a second synthetic device (h100-sxm otherwise): every parameter of
+# the bf16 MoE law far from the hopper profile's fitted values.
+TRUTH_MOE = {
+    ("moe", "compute_eff"): 0.80,
+    ("moe", "mem_eff"): 0.80,
+    ("moe", "act_mem_eff"): 0.50,
+    ("moe", "weight_half_bytes"): 1.0e6,
+    ("moe", "routing_s"): 2.5e-5,
+    ("moe", "imbalance"): 1.2,
+    ("moe", "skew_ep_exponent"): 0.4,
+    ("moe", "assign_s"): 2.0e-10,
+    ("moe", "permute_passes"): 1.5,
+}
+
+
+def test_recovers_moe_parameters():
+    """bf16 MoE layers (Mixtral-, Qwen3-30B- and Qwen3-235B-shaped; TP 1-8, EP 1-32, balanced
+    and power-law routing, 1-16384 tokens) measured on the TRUTH_MOE device with 1% noise: the
+    grouped-GEMM fraction and the activation kernels' bandwidth, which trade off on any one
+    shape, are told apart by the spread of I/TP (compute ∝ A·H·I_r, activation traffic
+    ∝ A·(H + I_r)); the per-expert weight ramp by the spread of expert sizes (1.2-350 MB)."""
+    hw_true = with_efficiency(load_hardware("h100-sxm"), TRUTH_MOE)
+    rows = []
+    for h, i, e, k in ((4096, 14336, 8, 2), (2048, 768, 128, 8), (4096, 1536, 128, 8)):
+        for tp, ep in ((1, 1), (1, 8), (4, 1), (8, 1), (1, 32)):
+            if ep > e:
+                continue
+            for dist in ("balanced", "power_law_1.2"):
+                for t in (1, 4, 16, 64, 256, 1024, 4096, 16384):
+                    rows.append((t, h, i, e, k, tp, ep, dist))
+    cols = {
+        "device": np.array(["synthetic"] * len(rows)),
+        "op": np.array(["moe"] * len(rows)),
+        "dtype": np.array(["bf16"] * len(rows)),
+        "distribution": np.array([r[7] for r in rows]),
+    }
+    names = ("tokens", "hidden", "intermediate", "num_experts", "topk", "tp", "ep")
+    for j, c in enumerate(names):
+        cols[c] = np.array([r[j] for r in rows], dtype=float)
+    t = predict_table(hw_true, cols)
+    cols["latency_s"] = t * np.exp(0.01 * np.random.default_rng(0).standard_normal(t.size))
+    res = fit_efficiency(load_hardware("h100-sxm"), cols, FitConfig(steps=1000, families=("moe",)))
+    got = _values(res)
+    for key, true in TRUTH_MOE.items():
+        p = got[key]
+        if key in (("moe", "assign_s"), ("moe", "permute_passes")):
+            # small additive terms (< 5% of any row): recovered within their uncertainty
+            assert abs(p.value - true) < 3 * p.std + 0.05 * true, key
+        else:
+            assert p.value == pytest.approx(true, rel=0.02), key
+    # no weight-only rows: that kernel path cannot be seen
+    assert "moe.wo_compute_eff" in res.unconstrained
+    assert res.train_errors[0]["median_abs_rel_err"] < 0.015
+
+
 def test_robust_to_outliers():
     """8% of the rows 4x too slow: the pseudo-Huber fit stays near the truth; a least-squares
     fit (delta far above every residual) is dragged towards the outliers."""
