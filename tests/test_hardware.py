@@ -96,6 +96,19 @@ def test_user_toml_inherit(tmp_path):
         ('inherit = "h100-sxm"\nefficiency_profile = "volta"\n', "efficiency_profile = 'volta'"),
         ('inherit = "h100-sxm"\n[efficiency.gemm]\nmem_eff = -0.5\n', "efficiency.gemm.mem_eff"),
         ('inherit = "h100-sxm"\n[efficiency.gemmm]\nmem_eff = 0.5\n', "efficiency.gemmm"),
+        # a fraction of 0 would make the op free (costs divide safely), above 1 beats the peak
+        (
+            'inherit = "h100-sxm"\n[efficiency.moe]\nact_mem_eff = 0.0\n',
+            r"efficiency.moe.act_mem_eff = 0.0 must be a fraction in \(0, 1\]",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.attention]\nmla_decode_mem_eff = 1.5\n',
+            r"efficiency.attention.mla_decode_mem_eff = 1.5 must be a fraction",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.moe]\nwo_tile_m_elems = 0.0\n',
+            "efficiency.moe.wo_tile_m_elems = 0.0 must be a finite positive number",
+        ),
         ('inherit = "h100-sxm"\n[compute]\nbf16_tflops = 0\n', "compute.bf16_tflops = 0"),
         ('inherit = "nonexistent-gpu"\n', "nonexistent-gpu"),
         ('name = "x"\nkind = "gpu"\nefficiency_profile = "hopper"\n', "section \\[compute\\]"),

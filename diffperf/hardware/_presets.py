@@ -22,6 +22,7 @@ GB = 1e9 bytes, TFLOPS = 1e12 FLOP/s, us = 1e-6 s. A peak of 0 means "not suppor
 
 import dataclasses
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -154,6 +155,29 @@ def _number(path: Path, where: str, value, may_be_zero: bool) -> float:
     return v
 
 
+# Efficiency fractions (``*_eff``, ``*_eff_<precision>``) divide a peak: they must lie in
+# (0, 1]. A 0 would make the op free (the cost functions divide safely), not infinitely slow.
+# nvls_bw_eff = 0 means "no in-switch reduction on this fabric".
+_FRACTION = re.compile(r"_eff(_[a-z0-9]+)?$")
+_FRACTION_MAY_BE_ZERO = frozenset({"nvls_bw_eff"})
+# Kernel structure that a cost divides by (tile padding, waves, split-k): strictly positive.
+_POSITIVE_STRUCTURE = frozenset(
+    {"tile_m_elems", "tile_n_elems", "num_tile_slots", "split_k_elems", "wo_tile_m_elems"}
+)
+
+
+def _efficiency_value(path: Path, family: str, name: str, value) -> float:
+    where = f"efficiency.{family}.{name}"
+    v = _number(path, where, value, may_be_zero=True)
+    if _FRACTION.search(name) and "eff_scale" not in name:
+        if v > 1 or (v == 0 and name not in _FRACTION_MAY_BE_ZERO):
+            low = "[0" if name in _FRACTION_MAY_BE_ZERO else "(0"
+            raise PresetError(f"{path}: {where} = {value!r} must be a fraction in {low}, 1]")
+    if name in _POSITIVE_STRUCTURE and v == 0:
+        raise PresetError(f"{path}: {where} = {value!r} must be a finite positive number")
+    return v
+
+
 def efficiency_profile(profile: str, path: Path | None = None) -> dict[str, dict[str, float]]:
     """Raw fitted parameters of an efficiency profile, per family (SI units)."""
     out: dict[str, dict[str, float]] = {}
@@ -195,9 +219,7 @@ def _build_efficiency(path: Path, profile: str, overrides: dict) -> Efficiency:
         missing = [n for n in names if n not in got]
         if missing:
             raise PresetError(f"{path}: efficiency.{family} is missing key(s) {missing}")
-        vals = {
-            n: _number(path, f"efficiency.{family}.{n}", got[n], may_be_zero=True) for n in names
-        }
+        vals = {n: _efficiency_value(path, family, n, got[n]) for n in names}
         built[family] = cls(**vals)
     return Efficiency(**built)
 
@@ -207,7 +229,8 @@ def load_hardware(name_or_path: "str | Path | Hardware") -> Hardware:
 
     Every number is converted to SI. Raises :class:`PresetError` (a ``ValueError``) naming the
     file, the key and the value for unknown presets, malformed TOML, missing, non-numeric,
-    negative or non-finite values and unknown keys.
+    negative or non-finite values, efficiency fractions outside (0, 1], zero tile sizes and
+    unknown keys.
     """
     if isinstance(name_or_path, Hardware):
         return name_or_path
