@@ -121,6 +121,29 @@ def test_p2p_protocol_switch_golden():
     np.testing.assert_allclose(d, 4e-6, rtol=1e-9)
 
 
+def test_group_limited_routing_golden():
+    # DeepSeek-V3 (top-8 of 256 experts from 4 of 8 groups) on 8 ranks, one group per rank
+    # (q = 1): every picked group holds one of the 4 leading experts, so a token reaches
+    # exactly the 4 picked ranks: P = 4/8. On 16 ranks (q = 1/2): P = (4/8)(1 − (1 − 1/2)
+    # (1 − 1/8)^4) = 0.5·(1 − 0.5·0.586182) = 0.353455. Unrestricted: 1 − (7/8)^8.
+    from diffperf.ops._moe import rank_hit_probability as hit
+
+    np.testing.assert_allclose(hit(8.0, 8.0, 8.0, 4.0), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(hit(16.0, 8.0, 8.0, 4.0), 0.5 * (1 - 0.5 * 0.875**4), rtol=1e-6)
+    np.testing.assert_allclose(hit(8.0, 8.0), 1 - (7 / 8) ** 8, rtol=1e-6)
+    np.testing.assert_allclose(hit(8.0, 2.0, 8.0, 4.0), 2 / 8, rtol=1e-6)  # top-2: 2 groups
+    # the two forms meet at q = 1 (ep = G) and the gradient is finite there
+    np.testing.assert_allclose(hit(7.999, 8.0, 8.0, 4.0), hit(8.001, 8.0, 8.0, 4.0), atol=1e-4)
+    g = jax.grad(hit, argnums=(0, 1, 3))(8.0, 8.0, 8.0, 4.0)
+    assert all(bool(jnp.isfinite(x)) for x in g)
+    # HT dispatch: remote destinations (ep − 1)·P, so the bandwidth term shrinks by 0.5/0.656
+    ht = lambda *r: C.moe_dispatch_cost(HWC, 4096.0, 7168.0, 8.0, 256.0, 8.0, "bf16", *r)
+    lim = C.moe_dispatch_cost(
+        HWC, 4096.0, 7168.0, 8.0, 256.0, 8.0, routing_groups=8.0, routing_topk_groups=4.0
+    )
+    assert float(lim.time_s) < float(ht().time_s)
+
+
 def test_custom_all_reduce_golden():
     # TRT-LLM custom all-reduce on 4 GPUs: one-shot reads 3 peers' full buffers in 1 step;
     # two-shot moves 2*3/4 S in 2 steps; the faster one is taken.

@@ -30,14 +30,14 @@ def test_deepep_h800_cross_node_median(impl):
     cols, rel = _rel_err()
     sel = (cols["implementation"] == impl) & (cols["ep"] > 8)
     assert sel.sum() >= 6
-    # fitted: HT ~6%, LL ~12% median |rel err| over the cross-node rows
+    # HT 6.7%, LL 11% median |rel err| over the cross-node rows
     assert np.median(np.abs(rel[sel])) < 0.18
 
 
 @pytest.mark.validation
 def test_deepep_h800_every_row_within_60_percent():
-    # worst rows: LL EP8 dispatch (+52%, NVLink on H800) and HT EP64 (+27%, top-4-node
-    # routing limit not modelled)
+    # worst rows: LL EP8 dispatch (+52%, NVLink on H800) and HT EP8 (-17%); HT EP64 is -1..-5%
+    # with DeepSeek's group-limited routing (4 of 8 groups; +27% without it)
     _, rel = _rel_err()
     assert np.all(np.abs(rel) < 0.6)
 
@@ -53,3 +53,14 @@ def test_deepep_latency_grows_with_ep_like_the_data():
     p, m = pred[sel], cols["latency_s"][sel]
     i16, i256 = np.flatnonzero(ep == 16)[0], np.flatnonzero(ep == 256)[0]
     np.testing.assert_allclose(p[i256] / p[i16], m[i256] / m[i16], rtol=0.2)
+
+
+@pytest.mark.validation
+def test_deepep_ht_ep64_with_group_limited_routing():
+    # DeepEP's benchmark routes like DeepSeek-V3 (top-8 experts from 4 of 8 node groups): at
+    # EP64 (8 nodes) a token reaches 3.5 remote nodes, not the 4.6 of unrestricted routing,
+    # so the HT EP64 rows are within 10% (they were +24-27% before the routing was modelled).
+    cols, rel = _rel_err()
+    sel = (cols["implementation"] == "deepep_ht") & (cols["ep"] == 64)
+    assert sel.sum() == 2
+    assert np.all(np.abs(rel[sel]) < 0.10)

@@ -330,3 +330,17 @@ def test_step3_mfa_as_gqa():
     assert _f(spec.param_count()) == pytest.approx(
         316e9 + 61 * (7168 * 16384 - low_rank_q), rel=0.01
     )
+
+
+def test_group_limited_routing_from_config(tmp_path):
+    # DeepSeek-V3's config.json: n_group 8, topk_group 4; Kimi-K2: 1 and 1 (unrestricted)
+    v3 = load_model("deepseek-v3")
+    assert (float(v3.routing_groups), float(v3.routing_topk_groups)) == (8.0, 4.0)
+    k2 = load_model("kimi-k2")
+    assert (float(k2.routing_groups), float(k2.routing_topk_groups)) == (1.0, 1.0)
+    cfg = json.loads((model_configs_dir() / "deepseek-ai--DeepSeek-V3.json").read_text())
+    cfg["topk_group"] = 9
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="topk_group=9 must be <= n_group=8"):
+        load_model(str(p))

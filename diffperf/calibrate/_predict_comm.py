@@ -2,6 +2,11 @@
 
 Rows are grouped by their static attributes (op, implementation, dtype); each group is one
 jitted, vmapped call over the numeric columns.
+
+MoE all-to-all rows are routed as the model they were measured for: ``n_group`` and
+``topk_group`` columns when the table has them, otherwise the group-limited routing of the
+shipped model preset with the same (hidden, num_experts, topk) (e.g. 7168 / 256 / 8 is
+DeepSeek-V3: 4 of 8 groups per token), otherwise unrestricted routing.
 """
 
 import functools
@@ -12,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..hardware import Hardware
+from ..model import list_models, load_model
 from ..ops import _collectives as C
 
 
@@ -38,13 +44,24 @@ def _row_fn(op: str, impl: str, dtype: str):
     if op == "moe_dispatch":
         return lambda hw, x: (
             C.moe_dispatch_cost(
-                hw, x[0], x[1], x[2], x[3], x[4], dtype=dtype or "bf16", impl=impl
+                hw,
+                *x[:5],
+                dtype=dtype or "bf16",
+                impl=impl,
+                routing_groups=x[5],
+                routing_topk_groups=x[6],
             ).time_s
         )
     low = op == "moe_combine_low_precision"
     return lambda hw, x: (
         C.moe_combine_cost(
-            hw, x[0], x[1], x[2], x[3], x[4], dtype=dtype or "bf16", impl=impl, low_precision=low
+            hw,
+            *x[:5],
+            dtype=dtype or "bf16",
+            impl=impl,
+            low_precision=low,
+            routing_groups=x[5],
+            routing_topk_groups=x[6],
         ).time_s
     )
 
@@ -61,15 +78,40 @@ def _numeric(cols: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
     return np.zeros(n)
 
 
+@functools.cache
+def _preset_routing() -> dict[tuple[float, float, float], tuple[float, float]]:
+    """(hidden, num_experts, top_k) -> (routing_groups, routing_topk_groups) of the shipped
+    MoE presets; shapes shared by presets with different routing are left out."""
+    seen: dict[tuple[float, float, float], set[tuple[float, float]]] = {}
+    for name in list_models():
+        m = load_model(name)
+        if not m.has_moe:
+            continue
+        key = (float(m.hidden_size), float(m.num_experts), float(m.experts_per_token))
+        seen.setdefault(key, set()).add((float(m.routing_groups), float(m.routing_topk_groups)))
+    return {k: next(iter(v)) for k, v in seen.items() if len(v) == 1}
+
+
+def _routing(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    if "n_group" in cols:
+        g = np.nan_to_num(np.asarray(cols["n_group"], dtype=float), nan=1.0)
+        m = np.nan_to_num(np.asarray(cols.get("topk_group", cols["n_group"]), dtype=float), nan=1.0)
+        return g, m
+    table = _preset_routing()
+    keys = zip(*(_numeric(cols, c, n) for c in ("hidden", "num_experts", "topk")))
+    gm = np.array([table.get(tuple(float(v) for v in k), (1.0, 1.0)) for k in keys])
+    return (gm[:, 0], gm[:, 1]) if n else (np.ones(0), np.ones(0))
+
+
 def row_inputs(cols: dict[str, np.ndarray], op: str) -> np.ndarray:
     """The numeric vector per row: collectives ``[message_bytes, num_devices]``; MoE ops
-    ``[tokens, hidden, topk, num_experts, ep]``."""
+    ``[tokens, hidden, topk, num_experts, ep, routing_groups, routing_topk_groups]``."""
     n = len(cols["op"])
     if op in _COLLECTIVES:
         return np.stack([_numeric(cols, "message_bytes", n), _numeric(cols, "num_devices", n)], 1)
-    return np.stack(
-        [_numeric(cols, k, n) for k in ("tokens", "hidden", "topk", "num_experts", "ep")], 1
-    )
+    g, m = _routing(cols, n)
+    cols5 = [_numeric(cols, k, n) for k in ("tokens", "hidden", "topk", "num_experts", "ep")]
+    return np.stack(cols5 + [g, m], 1)
 
 
 def _keys(cols: dict[str, np.ndarray]) -> np.ndarray:

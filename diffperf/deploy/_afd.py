@@ -14,7 +14,8 @@ device; ``T = A·B/m`` tokens enter the FFN pool per micro-batch):
 - attention ``t_a``: the attention block (projections + kernel for ``B·tp_a/m`` sequences of
   a replica, heads split over ``tp_a``), its TP all-reduce and the norms, on A;
 - dispatch ``t_d``: every token goes once to each FFN device that holds one of its top-k
-  experts, ``n_dst = tp_f · ep_f (1 − (1 − 1/ep_f)^k)`` devices (``ep_f = F/tp_f``); an
+  experts, ``n_dst = tp_f · ep_f · P_hit`` devices (``ep_f = F/tp_f``; ``P_hit =
+  1 − (1 − 1/ep_f)^k`` without group-limited routing, :func:`rank_hit_probability`); an
   attention device sends ``(B/m)·n_dst·H·b_comm`` bytes, an FFN device receives
   ``T·n_dst·H·b_comm/F``; ``t_d = max(p2p(send, x), p2p(recv, x))`` (alpha-beta with size
   saturation, :func:`diffperf.ops.p2p_cost`) where ``x = clip(A + F − domain, 0, 1)``
@@ -67,6 +68,7 @@ from ..ops import (
     moe_layer_cost,
     p2p_cost,
 )
+from ..ops._moe import rank_hit_probability
 from ..stages import (
     Breakdown,
     MemoryUsage,
@@ -223,10 +225,8 @@ class AFD(AbstractServingScheme):
 
         # --- dispatch / combine -----------------------------------------------------------
         tokens = a_dev * b / m  # tokens entering the FFN pool per micro-batch
-        miss = jnp.clip(1.0 - safe_div(1.0, ep_f), 0.0, 1.0)
-        ok = miss > 0
-        miss_k = jnp.where(ok, jnp.exp(k * jnp.log(jnp.where(ok, miss, 1.0))), 0.0)
-        n_dst = tpf * ep_f * (1.0 - miss_k)
+        hit = rank_hit_probability(ep_f, k, model.routing_groups, model.routing_topk_groups)
+        n_dst = tpf * ep_f * hit
         x = cross_domain(hw_a, a_dev + f_dev)
         cb = get_format(self.comm_dtype).bytes_per_element
 

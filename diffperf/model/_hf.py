@@ -311,6 +311,12 @@ def from_hf_config(cfg: dict | str | os.PathLike, name: str | None = None) -> Mo
             index_head_dim=r.req("index_head_dim"),
         )
     q_lora = r.opt("q_lora_rank", 0)
+    groups = r.opt("n_group", 1, allow_zero=False)
+    topk_groups = r.opt("topk_group", groups, allow_zero=False)
+    if topk_groups > groups:
+        raise ValueError(f"{label}: topk_group={topk_groups} must be <= n_group={groups}")
+    if topk_groups == groups:  # every group may be picked: unrestricted routing
+        groups = topk_groups = 1
     common["head_dim"] = r.req("qk_nope_head_dim") + r.req("qk_rope_head_dim")
     return ModelSpec(
         attention="dsa" if is_dsa else "mla",
@@ -326,6 +332,8 @@ def from_hf_config(cfg: dict | str | os.PathLike, name: str | None = None) -> Mo
         qk_nope_head_dim=r.req("qk_nope_head_dim"),
         qk_rope_head_dim=r.req("qk_rope_head_dim"),
         v_head_dim=r.req("v_head_dim"),
+        routing_groups=groups,
+        routing_topk_groups=topk_groups,
         **dsa,
         **common,
     )

@@ -36,7 +36,9 @@ class ModelSpec(eqx.Module):
     (each of width ``moe_intermediate``), ``sliding_window_tokens``, ``num_sliding_layers``,
     MLA: ``q_lora_rank`` (0 = no query compression), ``kv_lora_rank``,
     ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``; DSA: ``index_topk``,
-    ``index_num_heads``, ``index_head_dim``.
+    ``index_num_heads``, ``index_head_dim``; group-limited routing: ``routing_groups``
+    (``n_group``) and ``routing_topk_groups`` (``topk_group``, the groups a token's experts
+    come from; 1 and 1 = unrestricted).
     """
 
     name: str = eqx.field(static=True)
@@ -67,6 +69,8 @@ class ModelSpec(eqx.Module):
     index_topk: FloatScalarLike = _f(0.0)
     index_num_heads: FloatScalarLike = _f(0.0)
     index_head_dim: FloatScalarLike = _f(0.0)
+    routing_groups: FloatScalarLike = _f(1.0)
+    routing_topk_groups: FloatScalarLike = _f(1.0)
 
     def __check_init__(self):
         if self.attention not in ATTENTION_KINDS:

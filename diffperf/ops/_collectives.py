@@ -43,6 +43,7 @@ from .._dtypes import activation_bytes, get_format
 from .._numerics import safe_div, smooth_max2, smooth_min2
 from ..hardware import Hardware
 from ._cost import OpCost
+from ._moe import rank_hit_probability
 
 
 _NVLS_DTYPES = frozenset({"fp16", "bf16", "fp32"})
@@ -293,12 +294,12 @@ def _moe_payload_bytes(hw: Hardware, dtype: str) -> float:
     return activation_bytes(dtype)
 
 
-def _moe_routes(ep, top_k, dedup: bool):
+def _moe_routes(ep, top_k, dedup: bool, groups=1.0, topk_groups=1.0):
     """Expected remote destinations per token: distinct ranks (dedup) or routed copies."""
     if dedup:
         # each other rank receives a token iff one of its top_k experts lives there:
-        # P = 1 - (1 - 1/ep)^top_k (experts spread uniformly over ranks).
-        return (ep - 1.0) * (1.0 - _pow_pos(1.0 - safe_div(1.0, ep), top_k))
+        # P = 1 - (1 - 1/ep)^top_k without group-limited routing (rank_hit_probability).
+        return (ep - 1.0) * rank_hit_probability(ep, top_k, groups, topk_groups)
     return top_k * safe_div(ep - 1.0, ep)
 
 
@@ -313,14 +314,16 @@ def _moe_a2a(
     impl: str,
     tau: float,
     combine: bool,
+    groups=1.0,
+    topk_groups=1.0,
 ) -> OpCost:
-    del num_experts  # routing assumed uniform over experts; E/ep experts per rank
+    del num_experts  # routing uniform over the chosen groups' experts; E/ep experts per rank
     e = hw.accel.eff.comm
     kind = moe_impl_kind(impl)
     T, H, k = _f(tokens), _f(hidden), jnp.maximum(_f(top_k), 0.0)
     ep_, g, m = _split(hw, ep, tau)
     dedup = kind == "ht"
-    remote = _moe_routes(ep_, k, dedup)  # per token
+    remote = _moe_routes(ep_, k, dedup, groups, topk_groups)  # per token
     # of the remote destinations, the in-domain share is (g-1)/(ep-1); the rest cross NICs
     in_frac = safe_div(g - 1.0, ep_ - 1.0)
     tok_bytes = H * payload_bytes
@@ -328,7 +331,7 @@ def _moe_a2a(
         lat, eff, per_copy = e.ht_latency_s, e.ht_bw_eff, e.ht_per_copy_s
         # DeepEP HT sends each token once per remote domain over RDMA, then forwards it
         # over NVLink: out copies = distinct remote domains.
-        out_copies = (m - 1.0) * (1.0 - _pow_pos(1.0 - safe_div(1.0, m), k))
+        out_copies = (m - 1.0) * rank_hit_probability(m, k, groups, topk_groups)
         up_copies = remote  # in-domain sends plus the forwarding of copies from outside
     else:
         lat, eff, per_copy = e.ll_latency_s, e.ll_bw_eff, e.ll_per_copy_s
@@ -356,13 +359,18 @@ def moe_dispatch_cost(
     dtype: str = "bf16",
     impl: str = "deepep_ht",
     tau: float = 0.0,
+    routing_groups=1.0,
+    routing_topk_groups=1.0,
 ) -> OpCost:
     """MoE dispatch: send each of ``tokens`` (per rank) ``hidden``-wide activations to the
     ranks holding its ``top_k`` experts, over ``ep`` ranks.
 
-    Remote destinations per token: HT (dedup per rank) ``(ep-1)(1-(1-1/ep)^k)``; LL (per
-    expert copy) ``k(ep-1)/ep``. In-domain share ``(g-1)/(ep-1)`` goes over scale-up; with
-    ``ep > d`` HT sends one RDMA copy per remote domain ``(m-1)(1-(1-1/m)^k)``.
+    Remote destinations per token: HT (dedup per rank) ``(ep-1)·P_hit(ep)``, with
+    ``P_hit = 1-(1-1/ep)^k`` for unrestricted routing and fewer ranks under group-limited
+    routing (``routing_topk_groups`` of ``routing_groups`` expert groups per token, e.g.
+    DeepSeek-V3's 4 of 8; :func:`diffperf.ops._moe.rank_hit_probability`); LL (per expert
+    copy) ``k(ep-1)/ep``. In-domain share ``(g-1)/(ep-1)`` goes over scale-up; with
+    ``ep > d`` HT sends one RDMA copy per remote domain ``(m-1)·P_hit(m)``.
     ``t = lat + T·remote·c_copy + smooth_max(bytes_up/(bw·η)·sat, bytes_out/bw_out·sat)``.
     ``impl``: ``deepep_ht``/``deepep_ll`` (also ``trtllm_``-prefixed names; ``one_sided``
     uses the LL set, anything else the HT set). ``dtype``: payload format.
@@ -378,6 +386,8 @@ def moe_dispatch_cost(
         impl,
         tau,
         combine=False,
+        groups=routing_groups,
+        topk_groups=routing_topk_groups,
     )
 
 
@@ -392,6 +402,8 @@ def moe_combine_cost(
     impl: str = "deepep_ht",
     tau: float = 0.0,
     low_precision: bool = False,
+    routing_groups=1.0,
+    routing_topk_groups=1.0,
 ) -> OpCost:
     """MoE combine: the reverse of :func:`moe_dispatch_cost` with a weighted sum on receive.
 
@@ -399,7 +411,20 @@ def moe_combine_cost(
     ``combine_bw_factor``.
     """
     payload = _moe_payload_bytes(hw, dtype) if low_precision else 2.0
-    return _moe_a2a(hw, tokens, hidden, top_k, num_experts, ep, payload, impl, tau, combine=True)
+    return _moe_a2a(
+        hw,
+        tokens,
+        hidden,
+        top_k,
+        num_experts,
+        ep,
+        payload,
+        impl,
+        tau,
+        combine=True,
+        groups=routing_groups,
+        topk_groups=routing_topk_groups,
+    )
 
 
 def moe_prepare_cost(

@@ -289,10 +289,14 @@ def _moe_block(hw, model, plan, m_tok, has_prefill, tau) -> tuple[OpCost, OpCost
         disp_dtype = "fp8" if fmt.compute == "fp8" else "nvfp4"
     args = (hw, per_rank, model.hidden_size, model.experts_per_token, model.num_experts, plan.ep)
 
+    routing = dict(
+        routing_groups=model.routing_groups, routing_topk_groups=model.routing_topk_groups
+    )
+
     def a2a_cost(impl):
-        return moe_dispatch_cost(*args, disp_dtype, impl=impl, tau=tau) + moe_combine_cost(
-            *args, comm_dtype, impl=impl, tau=tau
-        )
+        return moe_dispatch_cost(
+            *args, disp_dtype, impl=impl, tau=tau, **routing
+        ) + moe_combine_cost(*args, comm_dtype, impl=impl, tau=tau, **routing)
 
     # Decode-only steps use the low-latency all-to-all kernels (DeepEP LL), steps that carry
     # prefill tokens the high-throughput ones (DeepEP HT), as SGLang/TRT-LLM deployments do.
