@@ -411,20 +411,9 @@ def moe_combine_cost(
     ``combine_bw_factor``.
     """
     payload = _moe_payload_bytes(hw, dtype) if low_precision else 2.0
-    return _moe_a2a(
-        hw,
-        tokens,
-        hidden,
-        top_k,
-        num_experts,
-        ep,
-        payload,
-        impl,
-        tau,
-        combine=True,
-        groups=routing_groups,
-        topk_groups=routing_topk_groups,
-    )
+    shape = (hw, tokens, hidden, top_k, num_experts, ep)
+    routing = {"groups": routing_groups, "topk_groups": routing_topk_groups}
+    return _moe_a2a(*shape, payload, impl, tau, combine=True, **routing)
 
 
 def moe_prepare_cost(
