@@ -32,6 +32,19 @@ def safe_log(x):
     return jnp.where(ok, jnp.log(jnp.where(ok, x, 1.0)), 0.0)
 
 
+def pow_nonneg(base, exponent):
+    """``base**exponent`` for ``base >= 0`` with finite gradients in both arguments.
+
+    Computed as ``exp(exponent·log(base))``; at ``base == 0`` it is 0 for a positive
+    exponent and 1 for a zero (or negative) one, i.e. ``0**0 = 1``, with a zero gradient.
+    """
+    base = jnp.asarray(base, dtype=float)
+    exponent = jnp.asarray(exponent, dtype=float)
+    ok = base > 0
+    inside = jnp.exp(exponent * jnp.log(jnp.where(ok, base, 1.0)))
+    return jnp.where(ok, inside, jnp.where(exponent > 0, 0.0, 1.0))
+
+
 def safe_sqrt(x):
     """``sqrt(max(x, 0))`` whose gradient at 0 is 0 rather than inf."""
     x = jnp.asarray(x, dtype=float)

@@ -6,6 +6,7 @@ from jax.test_util import check_grads
 
 from diffperf._numerics import (
     ceil_div,
+    pow_nonneg,
     relu_smooth,
     safe_div,
     safe_log,
@@ -68,6 +69,20 @@ def test_safe_ops_zero():
     assert np.isfinite(jax.grad(safe_log)(0.0))
     assert np.isfinite(jax.grad(safe_sqrt)(0.0))
     assert safe_sqrt(4.0) == 2.0
+
+
+def test_pow_nonneg_values_and_grads_at_zero():
+    # ordinary powers: 0.25**0.5 = 0.5, 2**3 = 8
+    np.testing.assert_allclose(pow_nonneg(0.25, 0.5), 0.5, rtol=1e-12)
+    np.testing.assert_allclose(pow_nonneg(2.0, 3.0), 8.0, rtol=1e-12)
+    # base 0: 0 for a positive exponent, 0**0 = 1
+    assert float(pow_nonneg(0.0, 2.0)) == 0.0
+    assert float(pow_nonneg(0.0, 0.0)) == 1.0
+    for b, e in ((0.0, 2.0), (0.0, 0.0), (0.5, 0.0)):
+        gb, ge = jax.grad(pow_nonneg, argnums=(0, 1))(b, e)
+        assert np.isfinite(gb) and np.isfinite(ge)
+    # d/de b**e = b**e·ln b at b = 0.5, e = 2: 0.25·ln 0.5
+    np.testing.assert_allclose(jax.grad(pow_nonneg, 1)(0.5, 2.0), 0.25 * np.log(0.5), rtol=1e-9)
 
 
 def test_penalty():

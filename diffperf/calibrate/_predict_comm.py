@@ -98,9 +98,11 @@ def _routing(cols: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarra
         m = np.nan_to_num(np.asarray(cols.get("topk_group", cols["n_group"]), dtype=float), nan=1.0)
         return g, m
     table = _preset_routing()
-    keys = zip(*(_numeric(cols, c, n) for c in ("hidden", "num_experts", "topk")))
-    gm = np.array([table.get(tuple(float(v) for v in k), (1.0, 1.0)) for k in keys])
-    return (gm[:, 0], gm[:, 1]) if n else (np.ones(0), np.ones(0))
+    shape = np.stack([_numeric(cols, c, n) for c in ("hidden", "num_experts", "topk")], 1)
+    uniq, inv = np.unique(shape, axis=0, return_inverse=True)
+    gm = np.array([table.get(tuple(map(float, u)), (1.0, 1.0)) for u in uniq]).reshape(-1, 2)
+    inv = inv.reshape(-1)
+    return gm[inv, 0], gm[inv, 1]
 
 
 def row_inputs(cols: dict[str, np.ndarray], op: str) -> np.ndarray:

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from .._dtypes import activation_bytes, get_format
-from .._numerics import safe_div, smooth_max2, smooth_min2
+from .._numerics import pow_nonneg, safe_div, smooth_max2, smooth_min2
 from ..hardware import Hardware
 from ._cost import OpCost
 from ._moe import rank_hit_probability
@@ -51,12 +51,6 @@ _NVLS_DTYPES = frozenset({"fp16", "bf16", "fp32"})
 
 def _f(x):
     return jnp.asarray(x, dtype=float)
-
-
-def _pow_pos(x, p):
-    """``x**p`` for ``x >= 0`` with a finite gradient at 0."""
-    ok = x > 0
-    return jnp.where(ok, jnp.where(ok, x, 1.0) ** p, 0.0)
 
 
 def _log2_pos(x):
@@ -93,7 +87,7 @@ def _transfer_s(hw: Hardware, volume_bytes, shard_bytes, bw, eff, scaleout: bool
     e = hw.accel.eff.comm
     t = safe_div(volume_bytes, bw * eff)
     s_sat = e.scaleout_saturation_bytes if scaleout else e.saturation_bytes
-    sat = _pow_pos(safe_div(s_sat, shard_bytes), e.saturation_exponent)
+    sat = pow_nonneg(safe_div(s_sat, shard_bytes), e.saturation_exponent)
     return t * (1.0 + sat)
 
 
@@ -177,7 +171,7 @@ def all_reduce_cost(
     if impl == "nccl" and dtype in _NVLS_DTYPES:
         has = e.nvls_bw_eff > 0
         nvls = e.nvls_latency_s + safe_div(S, hw.fabric.scaleup_bw_bytes_per_s * e.nvls_bw_eff)
-        nvls = nvls * (1.0 + _pow_pos(safe_div(e.saturation_bytes, shard), e.saturation_exponent))
+        nvls = nvls * (1.0 + pow_nonneg(safe_div(e.saturation_bytes, shard), e.saturation_exponent))
         intra = smooth_min2(ring, jnp.where(has, nvls, ring), tau)
     inter = _ring_out_s(
         hw, 2.0 * (m - 1.0) * safe_div(shard, m), 2.0 * (m - 1.0), safe_div(shard, m)

@@ -36,7 +36,7 @@ bytes and ``w`` the weight bytes per element:
 import jax.numpy as jnp
 
 from .._dtypes import activation_bytes, get_format
-from .._numerics import ceil_div, safe_div, saturating, smooth_max2
+from .._numerics import ceil_div, pow_nonneg, safe_div, saturating, smooth_max2
 from ..hardware import Hardware
 from ._cost import OpCost
 
@@ -51,10 +51,7 @@ def expected_experts_touched(tokens, top_k, num_experts):
     k = jnp.asarray(top_k, dtype=float)
     e = jnp.asarray(num_experts, dtype=float)
     miss = jnp.clip(1.0 - safe_div(k, e), 0.0, 1.0)
-    ok = miss > 0
-    # miss**T with a finite gradient at miss == 0 (k == E)
-    pw = jnp.where(ok, jnp.exp(t * jnp.log(jnp.where(ok, miss, 1.0))), 0.0)
-    return e * (1.0 - pw)
+    return e * (1.0 - pow_nonneg(miss, t))
 
 
 def rank_hit_probability(num_ranks, top_k, routing_groups=1.0, routing_topk_groups=1.0):
@@ -80,15 +77,9 @@ def rank_hit_probability(num_ranks, top_k, routing_groups=1.0, routing_topk_grou
     c = lead / m
     rest = k - lead
 
-    def pow_pos(base, ex):
-        ok = base > 0
-        return jnp.where(
-            ok, jnp.exp(ex * jnp.log(jnp.where(ok, base, 1.0))), jnp.where(ex > 0, 0.0, 1.0)
-        )
-
     q1 = jnp.minimum(q, 1.0)
-    within = 1.0 - (1.0 - c * q1) * pow_pos(jnp.clip(1.0 - q1 / m, 0.0, 1.0), rest)
-    picked = jnp.where(q <= 1.0, m / g, 1.0 - pow_pos(jnp.clip(1.0 - m / g, 0.0, 1.0), q))
+    within = 1.0 - (1.0 - c * q1) * pow_nonneg(jnp.clip(1.0 - q1 / m, 0.0, 1.0), rest)
+    picked = jnp.where(q <= 1.0, m / g, 1.0 - pow_nonneg(jnp.clip(1.0 - m / g, 0.0, 1.0), q))
     return picked * within
 
 
