@@ -348,3 +348,37 @@ def test_validation_against_measured():
                 m = np.array([kk == k for kk in keys])
                 med = float(np.median(rel[m]))
                 assert med <= bars[k[0]], f"{dev} {k}: median |rel err| {med:.3f}"
+
+
+def test_mla_module_launch_overlap_hides_a_share_of_the_fixed_times():
+    """``mla_module_launch_overlap = x`` takes ``x`` times the block's standalone fixed times
+    off an MLA block: per projection GEMM ``launch_s (+ scaled_launch_s for fp8_block)``,
+    the two absorbed BMMs (decode), the MLA kernel's launch and, for DSA, the indexer's two.
+    Hand hopper profile: launch 2.2 µs, scaled 0, MLA fp8-KV launch 11.37 µs, indexer
+    launch (decode_launch_s_fp8kv) 3.716 µs; every hand profile has x = 0."""
+    from diffperf.model import load_model
+
+    for name in ("h100-sxm", "b200-sxm", "mi300x", "tpu-v6e"):
+        assert float(load_hardware(name).accel.eff.attention.mla_module_launch_overlap) == 0.0
+    on = eqx.tree_at(lambda h: h.accel.eff.attention.mla_module_launch_overlap, HW, _f(0.5))
+    l_gemm, l_mla, l_idx = 2.2e-6, 11.37e-6, 3.716e-6
+    cases = (
+        # DeepSeek-V3 decode: 4 projections (q_a, q_b, kv_a, o) + 2 BMMs + MLA kernel
+        (_ds_v3(), "decode", 1.0, 0.5 * (6 * l_gemm + l_mla)),  # 12.285 µs
+        # prefill: 5 projections (+ kv_b expansion), no BMMs
+        (_ds_v3(), "prefill", 512.0, 0.5 * (5 * l_gemm + l_mla)),  # 11.185 µs
+        # DeepSeek-V3.2 (DSA) decode: + the indexer's score and top-k kernels
+        (load_model("deepseek-v3.2"), "decode", 1.0, 0.5 * (6 * l_gemm + l_mla + 2 * l_idx)),
+    )
+    for spec, phase, s_len, hidden in cases:
+        t_on = mla_module_cost(on, spec, 8.0, s_len, 2048.0, 16.0, phase).time_s
+        t_off = mla_module_cost(HW, spec, 8.0, s_len, 2048.0, 16.0, phase).time_s
+        np.testing.assert_allclose(t_off - t_on, hidden, rtol=1e-6, err_msg=phase)
+
+    def f(x):
+        h = eqx.tree_at(lambda h: h.accel.eff.attention.mla_module_launch_overlap, HW, x)
+        return mla_module_cost(h, _ds_v3(), 8.0, 1.0, 2048.0, 16.0, "decode").time_s
+
+    # linear in x: d t / d x = -(hidden fixed times at x = 1), finite at both ends
+    for x in (0.0, 0.5, 1.0):
+        np.testing.assert_allclose(jax.grad(f)(_f(x)), -(6 * l_gemm + l_mla), rtol=1e-6)

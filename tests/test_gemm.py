@@ -214,3 +214,43 @@ def test_format_fixed_costs_are_added_once(hw):
                 - gemm_cost(hw, m, 4096.0, 7168.0, dtype).time_s
             )
             assert float(d) == pytest.approx(add, abs=1e-15), (dtype, m)
+
+
+def test_unaligned_rows_slow_only_block_scaled_fp8(hw):
+    """``unaligned_m_eff`` divides fp8_block's compute efficiency when m is above half a
+    128-row tile and not a multiple of it; aligned m, m <= 64, a relaxed m within half a row
+    of alignment and every other format keep their efficiency (hand profiles: factor 1)."""
+    assert float(hw.accel.eff.gemm.unaligned_m_eff) == 1.0
+    slow = eqx.tree_at(lambda h: h.accel.eff.gemm.unaligned_m_eff, hw, jnp.asarray(0.5))
+    ratio = {
+        (129.0, "fp8_block"): 0.5,  # 127 padding rows in the last tile: slow path
+        (65.0, "fp8_block"): 0.5,
+        (4097.0, "fp8_block"): 0.5,
+        (128.0, "fp8_block"): 1.0,  # aligned
+        (4096.0, "fp8_block"): 1.0,
+        (64.0, "fp8_block"): 1.0,  # half a tile or less: the small-m kernel, no padding path
+        (33.0, "fp8_block"): 1.0,
+        (255.6, "fp8_block"): 1.0,  # 0.4 padding rows: counts as 256
+        (129.0, "fp8"): 1.0,
+        (129.0, "bf16"): 1.0,
+    }
+    for (m, dtype), r in ratio.items():
+        a = gemm_compute_eff(slow, m, 4096.0, 7168.0, dtype)
+        b = gemm_compute_eff(hw, m, 4096.0, 7168.0, dtype)
+        assert float(a / b) == pytest.approx(r, rel=1e-12), (m, dtype)
+    # compute-bound m = 8193 (65 x 32 tiles): compute time doubles at factor 0.5
+    t = [gemm_cost(h, 8193.0, 4096.0, 7168.0, "fp8_block").compute_s for h in (slow, hw)]
+    assert float(t[0] / t[1]) == pytest.approx(2.0, rel=1e-12)
+    # the factor's gradient is finite and negative (a slower path costs time)
+    g = jax.grad(
+        lambda f: (
+            gemm_cost(
+                eqx.tree_at(lambda h: h.accel.eff.gemm.unaligned_m_eff, hw, f),
+                8193.0,
+                4096.0,
+                7168.0,
+                "fp8_block",
+            ).time_s
+        )
+    )(jnp.asarray(0.8))
+    assert np.isfinite(g) and float(g) < 0

@@ -106,6 +106,14 @@ def test_user_toml_inherit(tmp_path):
             r"efficiency.attention.mla_decode_mem_eff = 1.5 must be a fraction",
         ),
         (
+            'inherit = "h100-sxm"\n[efficiency.attention]\nmla_module_launch_overlap = 1.2\n',
+            r"efficiency.attention.mla_module_launch_overlap = 1.2 must be a fraction in \[0, 1\]",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.gemm]\nunaligned_m_eff = 0.0\n',
+            r"efficiency.gemm.unaligned_m_eff = 0.0 must be a fraction in \(0, 1\]",
+        ),
+        (
             'inherit = "h100-sxm"\n[efficiency.moe]\nwo_tile_m_elems = 0.0\n',
             "efficiency.moe.wo_tile_m_elems = 0.0 must be a finite positive number",
         ),

@@ -117,6 +117,7 @@ START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("moe", "weight_half_bytes"): 1e5,
     ("comm", "p2p_simple_latency_s"): 1e-6,
     ("attention", "mla_module_row_s"): 1e-9,
+    ("attention", "mla_module_launch_overlap"): 0.5,
 }
 FIT_FIELDS: dict[str, dict[str, str]] = {
     "gemm": {
@@ -126,6 +127,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "compute_eff_int8": _U,
         "compute_eff_fp32": _U,
         "block_scale_eff": _U,
+        "unaligned_m_eff": _U,
         "dequant_eff": _U,
         "mem_eff": _U,
         "mem_half_bytes": _P,
@@ -163,6 +165,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "mla_module_fixed_s": _P,
         "mla_module_token_s": _P,
         "mla_module_row_s": _P,
+        "mla_module_launch_overlap": _U,
     },
     "moe": {
         "compute_eff": _U,

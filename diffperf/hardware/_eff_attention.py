@@ -55,6 +55,10 @@ class AttentionEfficiency(eqx.Module):
     - ``mla_module_token_s``: their per-token, per-head time (device-seconds).
     - ``mla_module_row_s``: their per-token time independent of the heads (RMSNorms of the
       q/kv latents, k RoPE, quantisation, cache append; device-seconds).
+    - ``mla_module_launch_overlap``: fraction in [0, 1] of the block's GEMM and attention
+      kernels' standalone fixed times (launch, prologue, tail, as a single-kernel timing
+      measures them) that is hidden when the block's kernels run back to back in one CUDA
+      graph. 0 = each kernel pays its full fixed time.
     """
 
     prefill_eff_bf16: FloatScalarLike = _leaf()
@@ -83,3 +87,4 @@ class AttentionEfficiency(eqx.Module):
     mla_module_token_s: FloatScalarLike = _leaf()
     mla_decode_mem_eff: FloatScalarLike = _leaf()
     mla_module_row_s: FloatScalarLike = _leaf()
+    mla_module_launch_overlap: FloatScalarLike = _leaf()

@@ -14,6 +14,10 @@ class GemmEfficiency(eqx.Module):
       tensor-core precision reached by large, well-shaped GEMMs.
     - ``block_scale_eff``: extra factor on compute efficiency for software block-scaled
       formats (``fp8_block``: per-128 scale multiplies in the main loop).
+    - ``unaligned_m_eff``: extra factor for ``fp8_block`` GEMMs whose row count is not a
+      multiple of the row tile (``m mod tile_m_elems != 0``, beyond half a tile): Hopper
+      block-scaled kernels take a slower path for unaligned rows (measured on H100, 1536 x
+      7168: m = 129 takes 2.1x the time of m = 256). 1 = no such path.
     - ``dequant_eff``: extra factor for weight-only formats (``int8_wo``, ``w4a16_*``), whose
       weights are dequantised to bf16 in registers before the MMA.
     - ``mem_eff``: fraction of HBM bandwidth reached by large memory-bound transfers.
@@ -43,6 +47,7 @@ class GemmEfficiency(eqx.Module):
     compute_eff_int8: FloatScalarLike = eqx.field(converter=as_float_array)
     compute_eff_fp32: FloatScalarLike = eqx.field(converter=as_float_array)
     block_scale_eff: FloatScalarLike = eqx.field(converter=as_float_array)
+    unaligned_m_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     dequant_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     mem_half_bytes: FloatScalarLike = eqx.field(converter=as_float_array)

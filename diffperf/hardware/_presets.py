@@ -157,9 +157,10 @@ def _number(path: Path, where: str, value, may_be_zero: bool) -> float:
 
 # Efficiency fractions (``*_eff``, ``*_eff_<precision>``) divide a peak: they must lie in
 # (0, 1]. A 0 would make the op free (the cost functions divide safely), not infinitely slow.
-# nvls_bw_eff = 0 means "no in-switch reduction on this fabric".
+# nvls_bw_eff = 0 means "no in-switch reduction on this fabric"; the shares of hidden time
+# (mla_module_launch_overlap) lie in [0, 1].
 _FRACTION = re.compile(r"_eff(_[a-z0-9]+)?$")
-_FRACTION_MAY_BE_ZERO = frozenset({"nvls_bw_eff"})
+_FRACTION_MAY_BE_ZERO = frozenset({"nvls_bw_eff", "mla_module_launch_overlap"})
 # Kernel structure that a cost divides by (tile padding, waves, split-k): strictly positive.
 _POSITIVE_STRUCTURE = frozenset(
     {"tile_m_elems", "tile_n_elems", "num_tile_slots", "split_k_elems", "wo_tile_m_elems"}
@@ -169,7 +170,7 @@ _POSITIVE_STRUCTURE = frozenset(
 def _efficiency_value(path: Path, family: str, name: str, value) -> float:
     where = f"efficiency.{family}.{name}"
     v = _number(path, where, value, may_be_zero=True)
-    if _FRACTION.search(name) and "eff_scale" not in name:
+    if (_FRACTION.search(name) and "eff_scale" not in name) or name in _FRACTION_MAY_BE_ZERO:
         if v > 1 or (v == 0 and name not in _FRACTION_MAY_BE_ZERO):
             low = "[0" if name in _FRACTION_MAY_BE_ZERO else "(0"
             raise PresetError(f"{path}: {where} = {value!r} must be a fraction in {low}, 1]")

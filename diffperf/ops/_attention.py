@@ -505,8 +505,12 @@ def mla_module_cost(
       ``mla_module_fixed_s + T · (mla_module_row_s + h · mla_module_token_s)`` (RMSNorms of
       the latents, k RoPE, quantisation and the cache append are per token; q RoPE is per
       token and head).
+    - Back to back in one CUDA graph the block's kernels hide a share
+      ``mla_module_launch_overlap`` of their standalone fixed times: minus that share of the
+      projections' and BMMs' :func:`gemm_fixed_s`, the MLA kernel's launch and (DSA) the
+      indexer's two launches.
     """
-    from ._gemm import gemm_costs
+    from ._gemm import gemm_costs, gemm_fixed_s
 
     if phase not in ("prefill", "decode"):
         raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
@@ -587,4 +591,13 @@ def mla_module_cost(
         parts = [gemms, bmm, att]
     small_s = e.mla_module_fixed_s + tokens * (e.mla_module_row_s + h * e.mla_module_token_s)
     small = OpCost(small_s, jnp.zeros_like(small_s), small_s)
-    return sum_costs(*parts, small)
+    # back to back in one graph, part of each kernel's standalone fixed time is hidden
+    n_proj = jnp.sum(jnp.asarray(gate))
+    launches = n_proj * gemm_fixed_s(hw, gemm_dtype) + _mla_launch(e, get_format(kv_dtype))
+    if phase == "decode":
+        launches = launches + 2.0 * gemm_fixed_s(hw, bmm_dtype)
+    if model.attention == "dsa":
+        launches = launches + 2.0 * e.decode_launch_s_fp8kv  # indexer score + top-k kernels
+    hidden_s = -e.mla_module_launch_overlap * launches
+    hidden = OpCost(hidden_s, jnp.zeros_like(hidden_s), jnp.zeros_like(hidden_s))
+    return sum_costs(*parts, small, hidden)

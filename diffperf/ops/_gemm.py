@@ -4,12 +4,14 @@
 
 - ``flop = 2 m n k``; ``bytes = m k a + k n w + m n o`` (activation, weight and output bytes
   per element of the formats, scales included, see ``_dtypes.py``);
-- ``η_c = eff_prec · [block_scale_eff] · [dequant_eff] · η_tile · η_wave · η_k``:
+- ``η_c = eff_prec · [block_scale_eff · unaligned] · [dequant_eff] · η_tile · η_wave · η_k``:
   ``η_tile = m n / (⌈m/T_m⌉ T_m ⌈n/T_n⌉ T_n)`` (padding of the last tile row/column),
   ``η_wave = u / (⌈u/S⌉ S)`` for ``u = tiles · s`` work units over ``S`` tile slots, where a
   GEMM with fewer tiles than slots splits k into ``s = clip(⌊S/tiles⌋, 1, ⌈k/K_split⌉)``
   parts (fp4 kernels never split), and ``η_k = k_s / (k_s + K_half)`` for the per-unit
-  reduction length ``k_s = k/s``;
+  reduction length ``k_s = k/s``; ``unaligned = unaligned_m_eff`` for an ``fp8_block`` GEMM
+  whose ``m`` is above half a row tile and leaves at least half a padding row in its last
+  tile (``⌈m/T_m⌉T_m − m ≥ 1/2``: the kernels' slower path for unaligned rows), else 1;
 - ``η_m = mem_eff · bytes / (bytes + B_half)`` (small transfers do not reach full bandwidth);
 - ``t_quant = passes · m k (2 + a) / (bw · η_m) + quant_launch_s``: a separate
   activation-quantisation pass for per-tensor-scaled formats whose activation quantisation is
@@ -76,7 +78,10 @@ def gemm_compute_eff(hw: Hardware, m, n, k, dtype: str):
     k_eff = saturating(safe_div(k, split), e.k_half_elems)
     eff = getattr(e, f"compute_eff_{prec}") * tile_eff * wave_eff * k_eff
     if dtype == "fp8_block":
-        eff = eff * e.block_scale_eff
+        # unaligned rows: a relaxed (fractional) m counts as aligned within half a row
+        pad = tm * e.tile_m_elems - m
+        unaligned = (pad >= 0.5) & (m > 0.5 * e.tile_m_elems)
+        eff = eff * e.block_scale_eff * jnp.where(unaligned, e.unaligned_m_eff, 1.0)
     if fmt.weight_only:
         eff = eff * e.dequant_eff
     return eff
@@ -117,7 +122,7 @@ def gemm_cost(
     **Returns:** an :class:`OpCost` (``time_s``, both roofline legs, FLOP and bytes).
     """
     e = hw.accel.eff.gemm
-    fmt = get_format(dtype)  # validates the name (clear error for an unknown format)
+    get_format(dtype)  # validates the name (clear error for an unknown format)
     m = jnp.asarray(m, dtype=float)
     n = jnp.asarray(n, dtype=float)
     k = jnp.asarray(k, dtype=float)
@@ -128,19 +133,28 @@ def gemm_cost(
         flop, hw.accel.peak_flop_per_s(dtype) * gemm_compute_eff(hw, m, n, k, dtype)
     )
     memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
-    t = smooth_max2(compute_s, memory_s, tau) + e.launch_s
-    # fixed costs by kernel kind: software block-scaled fp8 kernels load and apply per-block
-    # scales in their prologue/epilogue; fp4 kernels (hardware block scales) have their own
+    t = smooth_max2(compute_s, memory_s, tau) + gemm_fixed_s(hw, dtype)
+    if dtype in SEPARATE_ACT_QUANT:
+        qbytes = m * k * (2.0 + activation_bytes(dtype))
+        t = t + e.act_quant_passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
+    return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
+
+
+def gemm_fixed_s(hw: Hardware, dtype: str):
+    """Fixed time of one GEMM of format ``dtype`` (s): ``launch_s``, plus ``scaled_launch_s``
+    for fp8_block (software block-scaled kernels load and apply per-block scales in their
+    prologue/epilogue), ``fp4_launch_s`` for fp4 formats (hardware block scales) and
+    ``quant_launch_s`` for the separate activation-quantisation kernels of per-tensor formats.
+    """
+    e = hw.accel.eff.gemm
+    t = e.launch_s
     if dtype == "fp8_block":
         t = t + e.scaled_launch_s
-    if fmt.compute == "fp4":
+    if get_format(dtype).compute == "fp4":
         t = t + e.fp4_launch_s
     if dtype in SEPARATE_ACT_QUANT:
-        ab = activation_bytes(dtype)
-        qbytes = m * k * (2.0 + ab)
-        t = t + e.act_quant_passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
         t = t + e.quant_launch_s
-    return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
+    return t
 
 
 def gemm_costs(
