@@ -8,8 +8,9 @@ measured table, with the same kernel models that ``predict_table`` uses:
   latencies and byte sizes (``pos``) are ``exp(θ)``; factors that are at least 1 (``ge1``) are
   ``1 + exp(θ)``. Structural fields (tile sizes, tile slots, split-k length) are not fitted;
   a field whose prior value is 0 ("feature absent", e.g. no switch reduction) stays 0, except
-  the fixed costs of ``START_IF_ABSENT``, which start at a launch-sized value; a field that no
-  training row is sensitive to keeps its prior value and is reported as such.
+  the fields of ``START_IF_ABSENT`` (fixed costs, ramp sizes, a hidden-time share), which
+  start at a typical value; a field that no training row is sensitive to keeps its prior
+  value and is reported as such.
 - **Loss**: pseudo-Huber ``δ²(√(1 + (r/δ)²) − 1)`` (quadratic below ``δ``, linear above: a
   wrong row pulls with bounded force), averaged within each (device, op, dtype) group and then
   over groups, so a family with 9,000 rows does not drown one with 500. A weak quadratic pull
@@ -106,10 +107,11 @@ SWEEP_COLUMN: dict[str, str] = {
 
 _U, _P, _G = "unit", "pos", "ge1"
 
-# Fixed costs and ramp sizes that a profile may leave out (0 = not modelled there; most
-# profiles are transferred, not fitted) but a fit may switch on: the fit starts them at a
-# kernel launch (1 us) or a small transfer (100 KB) instead of keeping them at 0. Rows that do
-# not exercise one (e.g. no fp4 GEMMs) leave it at 0.
+# Fixed costs, ramp sizes and shares that a profile may leave out (0 = not modelled there;
+# most profiles are transferred, not fitted) but a fit may switch on: the fit starts them at a
+# kernel launch (1 us), a small transfer (100 KB), a per-row time (1 ns) or half (a share of
+# hidden launch time) instead of keeping them at 0. Rows that do not exercise one (e.g. no fp4
+# GEMMs) leave it at 0.
 START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "scaled_launch_s"): 1e-6,
     ("gemm", "quant_launch_s"): 1e-6,
