@@ -33,6 +33,7 @@ def _hw_clean():
         scaleout_saturation_bytes=0.0,
         allreduce_bw_factor=1.0,
         alltoall_bw_factor=1.0,
+        alltoall_small_group_loss=0.0,
         nvls_bw_eff=0.0,
         nvls_latency_s=30e-6,
         custom_latency_s=2e-6,
@@ -47,6 +48,7 @@ def _hw_clean():
         combine_bw_factor=1.0,
         p2p_ll_threshold_bytes=16384.0,
         p2p_simple_latency_s=0.0,
+        p2p_channel_bw_bytes_per_s=0.0,
     )
     return eqx.tree_at(lambda h: h.accel.eff.comm, hw, eff)
 
@@ -96,6 +98,47 @@ def test_all_to_all_golden():
     # 16 GPUs: 7/16 S inside (NVLink), 8/16 S across NICs concurrently; NIC leg dominates.
     want16 = 5e-6 + 3 * 3e-6 + 1 * 8e-6 + 8 / 16 * S / BW_OUT
     np.testing.assert_allclose(C.all_to_all_cost(HWC, S, 16.0).time_s, want16, rtol=1e-9)
+
+
+def test_all_to_all_channel_ceiling_and_small_group_loss_golden():
+    # NCCL's p2p channels (aggregate 400 GB/s here) carry the whole send buffer S, self copy
+    # included, concurrently with the links (0.8 x 450 = 360 GB/s), which carry (g-1)/g S:
+    #   g = 8: links 7/8 S / 360e9 = 2.43e-12 s/B x S, channels S / 400e9 = 2.50e-12 s/B x S:
+    #          the channels bound it (the peers get 7/8 of 400 = 350 GB/s < 360);
+    #   g = 2: links 1/2 S / 360e9 = 1.39e-12 s/B x S < 2.50e-12: channel bound, the peers get
+    #          1/2 of 400 = 200 GB/s -- about half the 8-GPU rate, as B200 measures (332 vs
+    #          563 GB/s busbw at 2 and 8 GPUs).
+    S = 128e6
+    hw = eqx.tree_at(lambda h: h.accel.eff.comm.p2p_channel_bw_bytes_per_s, HWC, jnp.asarray(400e9))
+    for n, steps in ((8.0, 3), (2.0, 1)):
+        want = 5e-6 + steps * 3e-6 + S / 400e9
+        np.testing.assert_allclose(C.all_to_all_cost(hw, S, n).time_s, want, rtol=1e-9)
+    # a ceiling far above the links changes nothing (8 GPUs: 7/8 S / 360e9 as without it)
+    hw_hi = eqx.tree_at(
+        lambda h: h.accel.eff.comm.p2p_channel_bw_bytes_per_s, HWC, jnp.asarray(1e13)
+    )
+    want = 5e-6 + 3 * 3e-6 + 7 / 8 * S / BW_UP
+    np.testing.assert_allclose(C.all_to_all_cost(hw_hi, S, 8.0).time_s, want, rtol=1e-9)
+    # the all-to-all's own small-group loss (a direct mesh): eff(g) = 0.8 (1 - 0.5/g); the
+    # ring collectives keep theirs (small_group_loss = 0 here) and do not change
+    hw_l = eqx.tree_at(lambda h: h.accel.eff.comm.alltoall_small_group_loss, HWC, jnp.asarray(0.5))
+    want2 = 5e-6 + 1 * 3e-6 + 1 / 2 * S / (450e9 * 0.8 * (1 - 0.5 / 2))
+    np.testing.assert_allclose(C.all_to_all_cost(hw_l, S, 2.0).time_s, want2, rtol=1e-9)
+    np.testing.assert_allclose(
+        C.all_gather_cost(hw_l, S, 2.0).time_s, C.all_gather_cost(HWC, S, 2.0).time_s
+    )
+    # gradients in the ceiling: negative where it binds, zero where it does not, and finite
+    # at 0 (no ceiling) and at the relaxed edge n = 1
+
+    def t_of(bw, n):
+        h = eqx.tree_at(lambda h: h.accel.eff.comm.p2p_channel_bw_bytes_per_s, HWC, bw)
+        return C.all_to_all_cost(h, S, n, tau=0.05).time_s
+
+    g_bind = jax.grad(t_of)(jnp.asarray(200e9), 2.0)
+    np.testing.assert_allclose(g_bind, -S / 200e9**2, rtol=0.05)
+    assert abs(float(jax.grad(t_of)(jnp.asarray(1e13), 8.0))) < 1e-30
+    for bw, n in ((0.0, 8.0), (400e9, 1.0)):
+        assert all_finite(jax.grad(t_of, argnums=(0, 1))(jnp.asarray(bw), jnp.asarray(n)))
 
 
 def test_p2p_protocol_switch_golden():

@@ -118,6 +118,7 @@ START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "fp4_launch_s"): 1e-6,
     ("moe", "weight_half_bytes"): 1e5,
     ("comm", "p2p_simple_latency_s"): 1e-6,
+    ("comm", "p2p_channel_bw_bytes_per_s"): 1e11,
     ("attention", "mla_module_row_s"): 1e-9,
     ("attention", "mla_module_launch_overlap"): 0.5,
 }
@@ -195,6 +196,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "scaleout_saturation_bytes": _P,
         "allreduce_bw_factor": _P,
         "alltoall_bw_factor": _P,
+        "alltoall_small_group_loss": _U,
         "nvls_bw_eff": _U,
         "nvls_latency_s": _P,
         "custom_latency_s": _P,
@@ -208,6 +210,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "ll_combine_latency_s": _P,
         "combine_bw_factor": _P,
         "p2p_simple_latency_s": _P,
+        "p2p_channel_bw_bytes_per_s": _P,
     },
 }
 # Fields kept fixed (structure of the kernels, not an efficiency): documented for reports.

@@ -31,6 +31,9 @@ class CommEfficiency(eqx.Module):
     - ``allreduce_bw_factor``: ring all-reduce bandwidth relative to all-gather (> 1: NCCL
       overlaps its reduce-scatter and all-gather halves).
     - ``alltoall_bw_factor``: all-to-all bandwidth relative to all-gather.
+    - ``alltoall_small_group_loss``: the same as ``small_group_loss`` for all-to-all. 0 on a
+      switched fabric (NVSwitch): pairwise sends reach every peer over all of a GPU's links
+      at any group size; > 0 on a direct mesh (xGMI, RoCE), where two GPUs share one link.
     - ``nvls_bw_eff``: algorithm-bandwidth fraction of in-switch (NVLink SHARP) all-reduce,
       ``t = S/(bw·nvls_bw_eff)``; 0 = no switch reduction on this fabric.
     - ``nvls_latency_s``: fixed latency of the switch-reduction algorithm.
@@ -47,6 +50,12 @@ class CommEfficiency(eqx.Module):
       operations (all-to-all, send/recv) use the low-latency protocol (NCCL's
       ``NCCL_P2P_LL_THRESHOLD``, 16 KiB by default); 0 = never.
     - ``p2p_simple_latency_s``: extra latency of the Simple protocol used above it.
+    - ``p2p_channel_bw_bytes_per_s``: aggregate copy rate of NCCL's point-to-point channels
+      on one rank (channels x the rate one channel's thread block moves data). An
+      all-to-all gives every peer, itself included, the same share of the channels, so the
+      whole send buffer ``S`` passes through them: ``t >= S/p2p_channel_bw``, and the
+      ``(g-1)/g`` of it bound for NVLink peers gets at most that share of the rate. 0 = no
+      such ceiling (the links alone bound the transfer).
     """
 
     base_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -60,6 +69,7 @@ class CommEfficiency(eqx.Module):
     scaleout_saturation_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     allreduce_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
     alltoall_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
+    alltoall_small_group_loss: FloatScalarLike = eqx.field(converter=as_float_array)
     nvls_bw_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     nvls_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
     custom_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -74,3 +84,4 @@ class CommEfficiency(eqx.Module):
     combine_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
     p2p_ll_threshold_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     p2p_simple_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    p2p_channel_bw_bytes_per_s: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -22,8 +22,10 @@ Model (alpha-beta per tier, Hockney; Thakur et al. 2005 for the ring volumes):
 - all-gather / reduce-scatter (``S`` = the full gathered buffer, nccl-tests' size):
   ``V = (g-1)/g·S``, ``g-1`` steps; inter-domain ``(m-1)/m·S/g``.
 - all-to-all (``S`` = per-rank send buffer): ``S·(g-1)/n`` bytes stay in the domain,
-  ``S·(n-g)/n`` cross NICs, both concurrently (smooth max); ``log2(n)`` latency steps
-  (pairwise exchanges are issued together).
+  ``S·(n-g)/n`` cross NICs, and all of ``S`` passes NCCL's point-to-point channels (self
+  copy included), all concurrently (smooth max); ``log2(n)`` latency steps (pairwise
+  exchanges are issued together). Its own small-group loss (``alltoall_small_group_loss``):
+  0 through a switch, where pairwise sends use every link at any group size.
 - Point-to-point protocol (all-to-all and send/recv are NCCL p2p operations): up to
   ``p2p_ll_threshold_bytes`` per peer NCCL sends with its low-latency protocol (flags inline
   with the data); above it, the Simple protocol adds ``p2p_simple_latency_s`` of
@@ -226,8 +228,14 @@ def all_to_all_cost(
 ) -> OpCost:
     """All-to-all; ``message_bytes`` is the per-rank send buffer (``S/n`` to each peer).
 
-    ``t = base + log2(n)·α + smooth_max(S(g-1)/n / (bw·η·f_a2a), S(n-g)/n / bw_out)``
-    ``+ t_protocol(S/n)`` (NCCL's Simple-protocol latency above its per-peer LL threshold).
+    ``t = base + log2(n)·α + smooth_max(S(g-1)/n / (bw·η·f_a2a), S(n-g)/n / bw_out,``
+    ``S / bw_ch) + t_protocol(S/n)``: the scale-up links, the NICs and NCCL's point-to-point
+    channels (``p2p_channel_bw_bytes_per_s``, 0 = no ceiling; they carry the self-copy too,
+    so NVLink peers get ``(g-1)/g`` of them, which is why two GPUs exchange at about half
+    the rate of eight) work concurrently; ``t_protocol`` is NCCL's Simple-protocol latency
+    above its per-peer LL threshold. ``η = η_up·(1 - alltoall_small_group_loss/g)``: 0 on
+    a switch (pairwise sends reach every peer over all of a GPU's links at any group size),
+    > 0 on a direct mesh, where a small group uses few of the links.
     """
     _check_impl(impl, ("nccl",), "all_to_all_cost")
     e = hw.accel.eff.comm
@@ -239,12 +247,14 @@ def all_to_all_cost(
         (g - 1.0) * shard,
         shard,
         hw.fabric.scaleup_bw_bytes_per_s,
-        _up_eff(hw, g) * e.alltoall_bw_factor,
+        e.scaleup_bw_eff * (1.0 - safe_div(e.alltoall_small_group_loss, g)) * e.alltoall_bw_factor,
     )
     out = _transfer_s(hw, (n - g) * shard, shard, _out_bw(hw), 1.0, scaleout=True)
+    has_ch = e.p2p_channel_bw_bytes_per_s > 0
+    ch = jnp.where(has_ch, _transfer_s(hw, S, shard, e.p2p_channel_bw_bytes_per_s, 1.0), 0.0)
     lat = _log2_pos(g) * _alpha_up(hw) + _log2_pos(m) * _alpha_out(hw)
     lat = lat + _p2p_protocol_s(hw, shard, tau)
-    t = e.base_latency_s + lat + smooth_max2(up, out, tau)
+    t = e.base_latency_s + lat + smooth_max2(smooth_max2(up, out, tau), ch, tau)
     return _comm_cost(_active(n) * t)
 
 
