@@ -1,12 +1,15 @@
 """Regenerate the calibrated presets from the measured tables shipped in calibration_data/.
 
-    python -m experiments.calibrate_presets [--holdout-report]
+    python -m experiments.calibrate_presets [--holdout-report [--seeds N]]
 
 For ``h100-sxm`` and ``b200-sxm`` this runs ``diffperf calibrate`` on every kernel table of
 ``calibration_data/kernels/`` (all op families, fitted jointly, all rows) and writes
-``hardware_presets/devices/<device>-calibrated.toml``. With ``--holdout-report`` it first
-runs the same fit holding out 30% of the shape groups (seed 0) and writes the train/held-out
-errors to ``experiments/out/calibrate_holdout_<device>.json``.
+``hardware_presets/devices/<device>-calibrated.toml``. With ``--holdout-report [--seeds N]``
+it first runs the same fit N times (default 3), each holding out 30% of the shape groups of
+every (op, dtype) with split seed 0 .. N-1, prints per group the held-out median |relative
+error| of each split and writes them, with which shapes each split held out, to
+``experiments/out/calibrate_holdout_<device>.json``. One split alone says little: whether the
+held-out GEMM shape is the smallest one or a middle one moves a group's error by 2x.
 
 The CPU preset ``hardware_presets/devices/epyc-genoa-2vcpu.toml`` is calibrated the same way
 from ``calibration_data/profiles/epyc-genoa-2vcpu.csv`` (a ``diffperf profile`` run on the
@@ -16,9 +19,12 @@ project's CI machine): its ``[efficiency.*]`` tables are pasted from
 (``TRANSFERS``).
 """
 
+import json
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from diffperf.cli import main
 
@@ -89,20 +95,90 @@ def transfer(source_toml: Path, target: str, note: str, output: Path) -> None:
     output.write_text("\n".join(lines) + "\n")
 
 
+HOLDOUT_FRACTION = 0.3
+
+
+def _held_shapes(cols, train) -> dict[str, list[str]]:
+    """Per ``op|dtype``: the shape-group labels a split held out (for the JSON report)."""
+    from diffperf.calibrate._fit import SWEEP_COLUMN
+    from diffperf.calibrate._tables import OP_COLUMNS
+
+    out: dict[str, set] = {}
+    for i in np.flatnonzero(~train):
+        op = str(cols["op"][i])
+        key = f"{op}|{cols['dtype'][i]}"
+        parts = [
+            f"{c}={cols[c][i]:g}"
+            if np.issubdtype(np.asarray(cols[c]).dtype, np.number)
+            else f"{c}={cols[c][i]}"
+            for c in OP_COLUMNS.get(op, ())
+            if c in cols and c != SWEEP_COLUMN.get(op) and c != "dtype"
+        ]
+        for c in ("scope", "model", "implementation", "gemm_dtype"):
+            if c in cols and str(cols[c][i]) and c not in OP_COLUMNS.get(op, ()):
+                parts.append(f"{c}={cols[c][i]}")
+        out.setdefault(key, set()).add(" ".join(parts))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def holdout_report(device: str, seeds: int) -> dict:
+    """Fit ``device`` ``seeds`` times on 70% of its shape groups; held-out errors per group."""
+    from diffperf.calibrate import concat_tables, read_kernel_csv, select_rows
+    from diffperf.calibrate._fit import FitConfig, fit_efficiency
+    from diffperf.hardware import load_hardware
+
+    cols = concat_tables([read_kernel_csv(DATA / f"{t}.csv") for t in TABLES])
+    cols = select_rows(cols, cols["device"] == device)
+    hw = load_hardware(device)
+    per_seed = []
+    for seed in range(seeds):
+        res = fit_efficiency(hw, cols, FitConfig(holdout=HOLDOUT_FRACTION, seed=seed))
+        per_seed.append(
+            {
+                "seed": seed,
+                "held_out": {
+                    f"{r['op']}|{r['dtype']}": r["median_abs_rel_err"] for r in res.holdout_errors
+                },
+                "train": {
+                    f"{r['op']}|{r['dtype']}": r["median_abs_rel_err"] for r in res.train_errors
+                },
+                "held_out_shapes": _held_shapes(cols, res.train_mask),
+            }
+        )
+    groups = sorted(
+        {g for s in per_seed for g in s["train"]} | {g for s in per_seed for g in s["held_out"]}
+    )
+    print(
+        f"{device}: held-out median |rel err| per group, {seeds} splits "
+        f"({HOLDOUT_FRACTION:.0%} of shape groups each)"
+    )
+    print(f"{'op|dtype':32s} " + " ".join(f"seed {s:<3d}" for s in range(seeds)) + "  worst  > 10%")
+    above = 0
+    for g in groups:
+        vals = [s["held_out"].get(g) for s in per_seed]
+        got = [v for v in vals if v is not None]
+        cells = " ".join(f"{v * 100:7.1f}%" if v is not None else "       -" for v in vals)
+        n_above = sum(v > 0.10 for v in got)
+        above += n_above
+        worst = f"{max(got) * 100:5.1f}%" if got else "    -"
+        print(f"{g:32s} {cells}  {worst}  {n_above}/{len(got)}")
+    n_cells = sum(len(s["held_out"]) for s in per_seed)
+    print(f"{above} of {n_cells} (group, split) cells above 10%\n")
+    return {"device": device, "holdout_fraction": HOLDOUT_FRACTION, "splits": per_seed}
+
+
 def main_script(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     OUT.mkdir(parents=True, exist_ok=True)
+    seeds = 3
+    if "--seeds" in argv:
+        seeds = int(argv[argv.index("--seeds") + 1])
+        if seeds < 1:
+            raise SystemExit(f"--seeds {seeds} must be >= 1")
     for dev in DEVICES:
         if "--holdout-report" in argv:
-            import contextlib
-            import io
-
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                rc = calibrate(dev, OUT / f"{dev}-holdout.toml", 0.3)
-            print(buf.getvalue())
-            if rc:
-                return rc
+            rep = holdout_report(dev, seeds)
+            (OUT / f"calibrate_holdout_{dev}.json").write_text(json.dumps(rep, indent=1))
         rc = calibrate(dev, ROOT / "hardware_presets" / "devices" / f"{dev}-calibrated.toml")
         if rc:
             return rc
