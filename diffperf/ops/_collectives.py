@@ -93,9 +93,12 @@ def _transfer_s(hw: Hardware, volume_bytes, shard_bytes, bw, eff, scaleout: bool
     return t * (1.0 + sat)
 
 
-def _up_eff(hw: Hardware, g):
+def _up_eff(hw: Hardware, g, loss=None):
+    """Scale-up bandwidth fraction of a group of ``g``: ``η·(1 - loss/g)``; ``loss`` defaults
+    to the ring collectives' ``small_group_loss``."""
     e = hw.accel.eff.comm
-    return e.scaleup_bw_eff * (1.0 - safe_div(e.small_group_loss, g))
+    loss = e.small_group_loss if loss is None else loss
+    return e.scaleup_bw_eff * (1.0 - safe_div(loss, g))
 
 
 def _alpha_up(hw: Hardware):
@@ -247,7 +250,7 @@ def all_to_all_cost(
         (g - 1.0) * shard,
         shard,
         hw.fabric.scaleup_bw_bytes_per_s,
-        e.scaleup_bw_eff * (1.0 - safe_div(e.alltoall_small_group_loss, g)) * e.alltoall_bw_factor,
+        _up_eff(hw, g, e.alltoall_small_group_loss) * e.alltoall_bw_factor,
     )
     out = _transfer_s(hw, (n - g) * shard, shard, _out_bw(hw), 1.0, scaleout=True)
     has_ch = e.p2p_channel_bw_bytes_per_s > 0
