@@ -19,8 +19,10 @@ project's CI machine): its ``[efficiency.*]`` tables are pasted from
 (``TRANSFERS``).
 """
 
+import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -51,10 +53,10 @@ def _inputs():
     return out
 
 
-def calibrate(device: str, output: Path, holdout: float = 0.0) -> int:
+def calibrate(device: str, output: Path) -> int:
+    """Fit ``device`` on every row (no hold-out) and write the preset ``output``."""
     args = ["calibrate", "--hardware", device, "--device", device, *_inputs()]
-    args += ["--output", str(output), "--holdout", str(holdout), "--seed", "0"]
-    return main(args)
+    return main([*args, "--output", str(output)])
 
 
 # Spec-sheet devices that share an architecture (and kernels) with a calibrated one: the
@@ -99,25 +101,14 @@ HOLDOUT_FRACTION = 0.3
 
 
 def _held_shapes(cols, train) -> dict[str, list[str]]:
-    """Per ``op|dtype``: the shape-group labels a split held out (for the JSON report)."""
-    from diffperf.calibrate._fit import SWEEP_COLUMN
-    from diffperf.calibrate._tables import OP_COLUMNS
+    """Per ``op|dtype``: the shape groups a split held out (``shape_group_labels``)."""
+    from diffperf.calibrate._fit import shape_group_labels
 
+    # the labels hold numpy reprs ("np.float64(8.0)"); show the bare values
+    labels = [re.sub(r"np\.\w+\((.*?)\)", r"\1", str(x)) for x in shape_group_labels(cols)]
     out: dict[str, set] = {}
     for i in np.flatnonzero(~train):
-        op = str(cols["op"][i])
-        key = f"{op}|{cols['dtype'][i]}"
-        parts = [
-            f"{c}={cols[c][i]:g}"
-            if np.issubdtype(np.asarray(cols[c]).dtype, np.number)
-            else f"{c}={cols[c][i]}"
-            for c in OP_COLUMNS.get(op, ())
-            if c in cols and c != SWEEP_COLUMN.get(op) and c != "dtype"
-        ]
-        for c in ("scope", "model", "implementation", "gemm_dtype"):
-            if c in cols and str(cols[c][i]) and c not in OP_COLUMNS.get(op, ()):
-                parts.append(f"{c}={cols[c][i]}")
-        out.setdefault(key, set()).add(" ".join(parts))
+        out.setdefault(f"{cols['op'][i]}|{cols['dtype'][i]}", set()).add(str(labels[i]))
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
@@ -168,16 +159,16 @@ def holdout_report(device: str, seeds: int) -> dict:
 
 
 def main_script(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m experiments.calibrate_presets")
+    ap.add_argument("--holdout-report", action="store_true", help="held-out fits first")
+    ap.add_argument("--seeds", type=int, default=3, help="held-out splits (default 3)")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds = {args.seeds} must be >= 1")
     OUT.mkdir(parents=True, exist_ok=True)
-    seeds = 3
-    if "--seeds" in argv:
-        seeds = int(argv[argv.index("--seeds") + 1])
-        if seeds < 1:
-            raise SystemExit(f"--seeds {seeds} must be >= 1")
     for dev in DEVICES:
-        if "--holdout-report" in argv:
-            rep = holdout_report(dev, seeds)
+        if args.holdout_report:
+            rep = holdout_report(dev, args.seeds)
             (OUT / f"calibrate_holdout_{dev}.json").write_text(json.dumps(rep, indent=1))
         rc = calibrate(dev, ROOT / "hardware_presets" / "devices" / f"{dev}-calibrated.toml")
         if rc:

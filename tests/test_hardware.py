@@ -110,6 +110,10 @@ def test_user_toml_inherit(tmp_path):
             r"efficiency.attention.mla_module_launch_overlap = 1.2 must be a fraction in \[0, 1\]",
         ),
         (
+            'inherit = "h100-sxm"\n[efficiency.comm]\nalltoall_small_group_loss = 2.5\n',
+            r"efficiency.comm.alltoall_small_group_loss = 2.5 must be a fraction in \[0, 1\]",
+        ),
+        (
             'inherit = "h100-sxm"\n[efficiency.gemm]\nunaligned_m_eff = 0.0\n',
             r"efficiency.gemm.unaligned_m_eff = 0.0 must be a fraction in \(0, 1\]",
         ),

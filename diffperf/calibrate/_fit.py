@@ -109,8 +109,10 @@ _U, _P, _G = "unit", "pos", "ge1"
 
 # Fixed costs, ramp sizes and shares that a profile may leave out (0 = not modelled there;
 # most profiles are transferred, not fitted) but a fit may switch on: the fit starts them at a
-# kernel launch (1 us), a small transfer (100 KB), a per-row time (1 ns) or half (a share of
-# hidden launch time) instead of keeping them at 0. Rows that do not exercise one (e.g. no fp4
+# kernel launch (1 us), a small transfer (100 KB), a per-row time (1 ns), half (a share of
+# hidden launch time) or, for the all-to-all channel ceiling, 1e11 B/s (below every measured
+# NVLink all-to-all rate, so it binds at the start and the fit raises it to where the data
+# put it) instead of keeping them at 0. Rows that do not exercise one (e.g. no fp4
 # GEMMs) leave it at 0.
 START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "scaled_launch_s"): 1e-6,
@@ -337,6 +339,12 @@ class CalibrationResult:
 def shape_groups(cols: dict[str, np.ndarray]) -> np.ndarray:
     """An integer id per row: rows with the same op, static attributes and shape columns
     other than the op's swept column (``SWEEP_COLUMN``) share an id."""
+    _, ids = np.unique(shape_group_labels(cols), return_inverse=True)
+    return ids
+
+
+def shape_group_labels(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The label behind :func:`shape_groups` per row: ``device|op|<shape columns>|<attrs>``."""
     from ._tables import OP_COLUMNS
 
     n = len(cols["op"])
@@ -352,8 +360,7 @@ def shape_groups(cols: dict[str, np.ndarray]) -> np.ndarray:
             if c in cols and c not in OP_COLUMNS.get(op, ()):
                 parts.append(str(cols[c][i]))
         labels.append("|".join(parts))
-    _, ids = np.unique(np.array(labels), return_inverse=True)
-    return ids
+    return np.array(labels)
 
 
 def holdout_split(cols: dict[str, np.ndarray], fraction: float, seed: int = 0) -> np.ndarray:
