@@ -55,6 +55,20 @@ def test_smooth_max_grad_matches_fd():
     check_grads(lambda a, b: smooth_max2(a, b, 0.1), (0.7, 1.3), order=1, modes=["rev"])
 
 
+@pytest.mark.parametrize("tau", [0.05, 0.03])
+def test_smooth_max_integral_and_fractional_exponents(tau):
+    # 1/0.05 = 20 runs as a multiplication chain, 1/0.03 = 33.3 through pow: both are
+    # m * ((a/m)^p + (b/m)^p)^tau with m = max(a, b) = 2: 2 * (1 + 0.6^p)^tau
+    p = 1.0 / tau
+    want = 2.0 * (1.0 + 0.6**p) ** tau
+    np.testing.assert_allclose(float(smooth_max2(1.2, 2.0, tau)), want, rtol=1e-12)
+    np.testing.assert_allclose(float(smooth_max_pos(jnp.array([1.2, 2.0]), tau)), want, rtol=1e-12)
+    # d/da = (a/m)^(p-1) * (1 + 0.6^p)^(tau-1) (m is held: stop_gradient)
+    g = jax.grad(lambda a: smooth_max2(a, 2.0, tau))(1.2)
+    np.testing.assert_allclose(float(g), 0.6 ** (p - 1) * (1 + 0.6**p) ** (tau - 1), rtol=1e-9)
+    assert np.isfinite(float(jax.grad(lambda a: smooth_max2(a, 0.0 * a, tau))(0.0)))
+
+
 def test_smooth_min():
     assert smooth_min2(2.0, 3.0, 0.0) == 2.0
     y = float(smooth_min2(2.0, 3.0, 0.05))
@@ -65,7 +79,10 @@ def test_smooth_min():
 
 def test_safe_ops_zero():
     assert safe_div(1.0, 0.0) == 0.0
-    assert np.isfinite(jax.grad(lambda d: safe_div(1.0, d))(0.0))
+    assert safe_div(3.0, 4.0) == 0.75
+    # at d = 0 both partial derivatives are exactly 0 (n / inf)
+    assert jax.grad(lambda d: safe_div(1.0, d))(0.0) == 0.0
+    assert jax.grad(lambda n: safe_div(n, 0.0))(1.0) == 0.0
     assert np.isfinite(jax.grad(safe_log)(0.0))
     assert np.isfinite(jax.grad(safe_sqrt)(0.0))
     assert safe_sqrt(4.0) == 2.0
