@@ -325,6 +325,12 @@ def test_holdout_split_by_shape_group():
     assert (holdout_split(cols, 0.4, seed=3) == train).all()
     assert any(not (holdout_split(cols, 0.4, seed=s) == train).all() for s in range(4, 9))
     assert holdout_split(cols, 0.0).all()
+    # a stratum's held-out shapes do not depend on the other tables fitted with it: the fp8
+    # rows hold out the same groups with and without the bf16 and memcpy rows
+    for s in range(6):
+        fp8 = (cols["op"] == "gemm") & (cols["dtype"] == "fp8")
+        alone = holdout_split({k: v[fp8] for k, v in cols.items()}, 0.4, seed=s)
+        assert (alone == holdout_split(cols, 0.4, seed=s)[fp8]).all()
 
 
 def test_holdout_errors_reported(clean_fit):

@@ -32,6 +32,7 @@ measured table, with the same kernel models that ``predict_table`` uses:
 import dataclasses
 import math
 import time
+import zlib
 
 import equinox as eqx
 import jax
@@ -367,21 +368,25 @@ def holdout_split(cols: dict[str, np.ndarray], fraction: float, seed: int = 0) -
     """Boolean train mask holding out ``fraction`` of the shape groups of each (op, dtype).
 
     Whole shape groups go to one side (held-out rows are shapes the fit never saw). A stratum
-    with a single group stays in training. ``fraction = 0`` keeps every row.
+    with a single group stays in training. ``fraction = 0`` keeps every row. Each stratum draws
+    from its own generator, seeded by ``seed`` and the stratum's name, so a table's held-out
+    shapes do not depend on which other tables (strata) are fitted with it.
     """
     n = len(cols["op"])
     train = np.ones(n, dtype=bool)
     if fraction <= 0:
         return train
-    rng = np.random.default_rng(seed)
     gid = shape_groups(cols)
     dt = cols["dtype"] if "dtype" in cols else np.full(n, "", dtype=str)
+    dev = cols["device"].astype(str) if "device" in cols else np.full(n, "", dtype=str)
     strata = np.char.add(np.char.add(cols["op"].astype(str), "|"), dt.astype(str))
+    strata = np.char.add(np.char.add(dev, "|"), strata)
     for s in np.unique(strata):
-        groups = np.unique(gid[strata == s])
+        groups = np.unique(gid[strata == s])  # ids ordered like their labels
         if groups.size < 2:
             continue
         k = min(groups.size - 1, max(1, int(round(fraction * groups.size))))
+        rng = np.random.default_rng([seed, zlib.crc32(str(s).encode())])
         held = rng.choice(groups, size=k, replace=False)
         train &= ~np.isin(gid, held)
     return train
