@@ -6,8 +6,9 @@ For ``h100-sxm`` and ``b200-sxm`` this runs ``diffperf calibrate`` on every kern
 ``calibration_data/kernels/`` (all op families, fitted jointly, all rows) and writes
 ``hardware_presets/devices/<device>-calibrated.toml``. With ``--holdout-report [--seeds N]``
 it first runs the same fit N times (default 3), each holding out 30% of the shape groups of
-every (op, dtype) with split seed 0 .. N-1, prints per group the held-out median |relative
-error| of each split and writes them, with which shapes each split held out, to
+every kernel (op, dtype, implementation, scope) with split seed 0 .. N-1, prints per group
+the held-out median |relative error| of each split and writes them, with which shapes each
+split held out, to
 ``experiments/out/calibrate_holdout_<device>.json``. One split alone says little: whether the
 held-out GEMM shape is the smallest one or a middle one moves a group's error by 2x.
 

@@ -8,7 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffperf.calibrate import TableError, predict_table, read_kernel_csv, write_csv
+from diffperf.calibrate import (
+    TableError,
+    concat_tables,
+    predict_table,
+    read_kernel_csv,
+    write_csv,
+)
 from diffperf.calibrate._fit import (
     CalibrationError,
     FitConfig,
@@ -326,11 +332,28 @@ def test_holdout_split_by_shape_group():
     assert any(not (holdout_split(cols, 0.4, seed=s) == train).all() for s in range(4, 9))
     assert holdout_split(cols, 0.0).all()
     # a stratum's held-out shapes do not depend on the other tables fitted with it: the fp8
-    # rows hold out the same groups with and without the bf16 and memcpy rows
+    # rows hold out the same groups with and without the bf16 and memcpy rows, and with a
+    # table that brings in an implementation column (blank in the GEMM rows)
+    fp8 = (cols["op"] == "gemm") & (cols["dtype"] == "fp8")
+    alone = {k: v[fp8] for k, v in cols.items()}
+    coll = {
+        "device": np.array(["synthetic"] * 4),
+        "op": np.array(["all_reduce"] * 4),
+        "dtype": np.array(["bf16"] * 4),
+        "implementation": np.array(["nccl", "nccl", "custom", "custom"]),
+        "num_devices": np.array([2.0, 4.0, 2.0, 4.0]),
+        "bytes": np.full(4, 1e6),
+    }
+    both = concat_tables([alone, coll])
     for s in range(6):
-        fp8 = (cols["op"] == "gemm") & (cols["dtype"] == "fp8")
-        alone = holdout_split({k: v[fp8] for k, v in cols.items()}, 0.4, seed=s)
-        assert (alone == holdout_split(cols, 0.4, seed=s)[fp8]).all()
+        mask = holdout_split(alone, 0.4, seed=s)
+        assert (mask == holdout_split(cols, 0.4, seed=s)[fp8]).all()
+        split = holdout_split(both, 0.4, seed=s)
+        assert (mask == split[: fp8.sum()]).all()
+        # each implementation is its own stratum: one of its two groups (one row each) is
+        # held out, the other trains
+        for impl in ("nccl", "custom"):
+            assert split[fp8.sum() :][coll["implementation"] == impl].sum() == 1
 
 
 def test_holdout_errors_reported(clean_fit):

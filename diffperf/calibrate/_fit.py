@@ -20,7 +20,8 @@ measured table, with the same kernel models that ``predict_table`` uses:
   and on top of the earlier fits (``FitConfig.joint`` fits them all at once instead); the
   start is the device's current profile (or ``--init-profile``).
 - **Held-out split**: by shape group (``shape_groups``: all shape columns but the one a
-  table sweeps, e.g. GEMM ``(n, k)`` with every ``m``), stratified per (op, dtype), seeded.
+  table sweeps, e.g. GEMM ``(n, k)`` with every ``m``), stratified per kernel (device, op,
+  dtype, implementation, scope), each stratum seeded by the split seed and its name.
 - **Uncertainty**: Laplace / M-estimator sandwich at the optimum,
   ``Cov(θ) = H⁻¹ (Σᵢ wᵢ² ψ(rᵢ)² Jᵢ Jᵢᵀ) H⁻¹`` with ``H = Σᵢ wᵢ ψ'(rᵢ) Jᵢ Jᵢᵀ`` (Gauss-Newton)
   and ``J = ∂r/∂θ``, mapped to physical units by the delta method. It treats rows as
@@ -364,23 +365,30 @@ def shape_group_labels(cols: dict[str, np.ndarray]) -> np.ndarray:
     return np.array(labels)
 
 
-def holdout_split(cols: dict[str, np.ndarray], fraction: float, seed: int = 0) -> np.ndarray:
-    """Boolean train mask holding out ``fraction`` of the shape groups of each (op, dtype).
+_STRATUM_COLUMNS = ("device", "op", "dtype", "implementation", "scope")
 
-    Whole shape groups go to one side (held-out rows are shapes the fit never saw). A stratum
-    with a single group stays in training. ``fraction = 0`` keeps every row. Each stratum draws
-    from its own generator, seeded by ``seed`` and the stratum's name, so a table's held-out
-    shapes do not depend on which other tables (strata) are fitted with it.
+
+def holdout_split(cols: dict[str, np.ndarray], fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean train mask holding out ``fraction`` of the shape groups of each kernel.
+
+    A kernel (stratum) is a (device, op, dtype, implementation, scope): held-out rows are
+    shapes of a kernel the fit has seen, never the whole of a kernel (e.g. the only DeepEP
+    low-latency bf16 combine shape), which would test a kernel the fit never saw. Whole shape
+    groups go to one side. A stratum with a single group stays in training. ``fraction = 0``
+    keeps every row. Each stratum draws from its own generator, seeded by ``seed`` and the
+    stratum's name, so a table's held-out shapes do not depend on which other tables are
+    fitted with it.
     """
     n = len(cols["op"])
     train = np.ones(n, dtype=bool)
     if fraction <= 0:
         return train
     gid = shape_groups(cols)
-    dt = cols["dtype"] if "dtype" in cols else np.full(n, "", dtype=str)
-    dev = cols["device"].astype(str) if "device" in cols else np.full(n, "", dtype=str)
-    strata = np.char.add(np.char.add(cols["op"].astype(str), "|"), dt.astype(str))
-    strata = np.char.add(np.char.add(dev, "|"), strata)
+    # blank cells (a column another table brought in) are left out of the name
+    present = [np.asarray(cols[c]).astype(str) for c in _STRATUM_COLUMNS if c in cols]
+    strata = np.array(
+        ["|".join(v for v in vals if v not in ("", "nan")) for vals in zip(*present)]
+    )
     for s in np.unique(strata):
         groups = np.unique(gid[strata == s])  # ids ordered like their labels
         if groups.size < 2:
