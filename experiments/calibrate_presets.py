@@ -8,9 +8,9 @@ For ``h100-sxm`` and ``b200-sxm`` this runs ``diffperf calibrate`` on every kern
 it first runs the same fit N times (default 3), each holding out 30% of the shape groups of
 every kernel (op, dtype, implementation, scope) with split seed 0 .. N-1, prints per group
 the held-out median |relative error| of each split and writes them, with which shapes each
-split held out, to
-``experiments/out/calibrate_holdout_<device>.json``. One split alone says little: whether the
-held-out GEMM shape is the smallest one or a middle one moves a group's error by 2x.
+split held out, to ``experiments/out/calibrate_holdout_<device>.json``. One split alone says
+little: whether the held-out GEMM shape is the smallest one or a middle one moves a group's
+error by 2x.
 
 The CPU preset ``hardware_presets/devices/epyc-genoa-2vcpu.toml`` is calibrated the same way
 from ``calibration_data/profiles/epyc-genoa-2vcpu.csv`` (a ``diffperf profile`` run on the

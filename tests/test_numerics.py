@@ -80,7 +80,7 @@ def test_smooth_min():
 def test_safe_ops_zero():
     assert safe_div(1.0, 0.0) == 0.0
     assert safe_div(3.0, 4.0) == 0.75
-    # at d = 0 both partial derivatives are exactly 0 (n / inf)
+    # at d = 0 both partial derivatives are exactly 0 (the outer where passes none back)
     assert jax.grad(lambda d: safe_div(1.0, d))(0.0) == 0.0
     assert jax.grad(lambda n: safe_div(n, 0.0))(1.0) == 0.0
     assert np.isfinite(jax.grad(safe_log)(0.0))
