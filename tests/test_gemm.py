@@ -254,3 +254,44 @@ def test_unaligned_rows_slow_only_block_scaled_fp8(hw):
         )
     )(jnp.asarray(0.8))
     assert np.isfinite(g) and float(g) < 0
+
+
+def _with_tail_share(hw, c):
+    return eqx.tree_at(lambda h: h.accel.eff.gemm.wave_tail_share, hw, jnp.asarray(c))
+
+
+def test_partial_wave_share(hw):
+    """``wave_tail_share`` c sets what a partial last wave costs: ``W = max(1, w + c(⌈w⌉-w))``
+    waves for ``w = units/slots``. H100 profile: 132 slots, 128x128 tiles.
+
+    m=640, n=4096, k=7168: 5 x 32 = 160 tiles >= 132 slots, so no split-k; w = 160/132.
+    wave_eff = 160 / (132 W) = 160 / (160 + c (264 - 160)): c=1 -> 160/264 (two whole
+    waves, the hand profiles' model), c=0 -> 1 (stream-k), c=0.25 -> 160/186.
+    m=128: 32 tiles split 4 ways = 128 units < 132 slots: one wave whatever c.
+    m=4224: 33 x 32 = 1056 tiles = 8 whole waves: no partial wave, c does not matter.
+    """
+    assert float(hw.accel.eff.gemm.wave_tail_share) == 1.0
+    n, k = 4096.0, 7168.0
+    base = gemm_compute_eff(hw, 640.0, n, k, "bf16")
+    for c, wave_eff in [(1.0, 160 / 264), (0.25, 160 / 186), (0.0, 1.0)]:
+        got = gemm_compute_eff(_with_tail_share(hw, c), 640.0, n, k, "bf16")
+        assert float(got / base) == pytest.approx(wave_eff / (160 / 264), rel=1e-12), c
+    for m in (128.0, 4224.0):
+        for c in (0.0, 0.5):
+            got = gemm_compute_eff(_with_tail_share(hw, c), m, n, k, "bf16")
+            assert float(got) == pytest.approx(float(gemm_compute_eff(hw, m, n, k, "bf16")))
+
+    # block-scaled kernels schedule whole tiles: fp8_block (H100) and nvfp4 (B200, native
+    # fp4) keep two whole waves whatever the share (B200: 148 slots, 5 x 32 = 160 tiles)
+    b200 = load_hardware("b200-sxm")
+    for h, dtype in [(hw, "fp8_block"), (b200, "nvfp4")]:
+        got = gemm_compute_eff(_with_tail_share(h, 0.0), 640.0, n, k, dtype)
+        assert float(got) == float(gemm_compute_eff(h, 640.0, n, k, dtype)), dtype
+    # the share's gradient: time grows with it where a wave is partial (finite differences),
+    # and is exactly 0 where the waves are whole
+    def time_s(c, m):
+        return gemm_cost(_with_tail_share(hw, c), m, n, k, "bf16").time_s
+
+    check_grads(lambda c: time_s(c, 640.0), (jnp.asarray(0.4),), order=1, modes=["rev"])
+    assert float(jax.grad(time_s)(jnp.asarray(0.4), 640.0)) > 0
+    assert float(jax.grad(time_s)(jnp.asarray(0.4), 4224.0)) == 0.0

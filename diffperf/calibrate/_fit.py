@@ -135,6 +135,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "compute_eff_fp32": _U,
         "block_scale_eff": _U,
         "unaligned_m_eff": _U,
+        "wave_tail_share": _U,
         "dequant_eff": _U,
         "mem_eff": _U,
         "mem_half_bytes": _P,

@@ -25,6 +25,11 @@ class GemmEfficiency(eqx.Module):
       (pipeline fill / too few CTAs in flight for small transfers).
     - ``tile_m_elems``, ``tile_n_elems``: output tile of the kernel (tile quantisation).
     - ``num_tile_slots``: tiles (or split-k work units) in flight at once: SMs × CTAs/SM.
+    - ``wave_tail_share``: share of a whole wave's time that the last, partial wave of work
+      units costs beyond its own work, in [0, 1]: 1 = data-parallel tiles (a partial wave
+      takes as long as a full one), 0 = stream-k (the tail is spread evenly over every
+      slot). Libraries choose between the two per shape; calibration fits the blend. Not
+      used by block-scaled kernels (``fp8_block``, fp4), which schedule whole tiles.
     - ``split_k_elems``: reduction length per work unit when a GEMM has too few output
       tiles to fill the slots (split-k / stream-k).
     - ``k_half_elems``: reduction length at which the main loop reaches half its rate
@@ -54,6 +59,7 @@ class GemmEfficiency(eqx.Module):
     tile_m_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     tile_n_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     num_tile_slots: FloatScalarLike = eqx.field(converter=as_float_array)
+    wave_tail_share: FloatScalarLike = eqx.field(converter=as_float_array)
     split_k_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     k_half_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     act_quant_passes: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -158,11 +158,18 @@ def _number(path: Path, where: str, value, may_be_zero: bool) -> float:
 # Efficiency fractions (``*_eff``, ``*_eff_<precision>``) divide a peak: they must lie in
 # (0, 1]. A 0 would make the op free (the cost functions divide safely), not infinitely slow.
 # nvls_bw_eff = 0 means "no in-switch reduction on this fabric"; the shares of hidden time
-# (mla_module_launch_overlap) and the small-group bandwidth losses (eff·(1 - loss/g): above 1
-# a 2-GPU group would get a negative bandwidth) lie in [0, 1].
+# (mla_module_launch_overlap), the partial wave's share of a whole wave (wave_tail_share) and
+# the small-group bandwidth losses (eff·(1 - loss/g): above 1 a 2-GPU group would get a
+# negative bandwidth) lie in [0, 1].
 _FRACTION = re.compile(r"_eff(_[a-z0-9]+)?$")
 _FRACTION_MAY_BE_ZERO = frozenset(
-    {"nvls_bw_eff", "mla_module_launch_overlap", "small_group_loss", "alltoall_small_group_loss"}
+    {
+        "nvls_bw_eff",
+        "mla_module_launch_overlap",
+        "small_group_loss",
+        "alltoall_small_group_loss",
+        "wave_tail_share",
+    }
 )
 # Kernel structure that a cost divides by (tile padding, waves, split-k): strictly positive.
 _POSITIVE_STRUCTURE = frozenset(

@@ -6,7 +6,10 @@
   per element of the formats, scales included, see ``_dtypes.py``);
 - ``η_c = eff_prec · [block_scale_eff · unaligned] · [dequant_eff] · η_tile · η_wave · η_k``:
   ``η_tile = m n / (⌈m/T_m⌉ T_m ⌈n/T_n⌉ T_n)`` (padding of the last tile row/column),
-  ``η_wave = u / (⌈u/S⌉ S)`` for ``u = tiles · s`` work units over ``S`` tile slots, where a
+  ``η_wave = u / (W S)`` for ``u = tiles · s`` work units over ``S`` tile slots, with
+  ``W = max(1, u/S + c (⌈u/S⌉ − u/S))`` waves (``c = wave_tail_share``: 1 when a partial
+  last wave takes a whole wave's time, 0 when stream-k spreads it over every slot; 1 for the
+  block-scaled fp8_block and fp4 kernels, which schedule whole tiles), where a
   GEMM with fewer tiles than slots splits k into ``s = clip(⌊S/tiles⌋, 1, ⌈k/K_split⌉)``
   parts (fp4 kernels never split), and ``η_k = k_s / (k_s + K_half)`` for the per-unit
   reduction length ``k_s = k/s``; ``unaligned = unaligned_m_eff`` for an ``fp8_block`` GEMM
@@ -73,7 +76,14 @@ def gemm_compute_eff(hw: Hardware, m, n, k, dtype: str):
         _ste_floor(safe_div(e.num_tile_slots, tiles)), 1.0, jnp.maximum(max_split, 1.0)
     )
     units = tiles * split
-    waves = ste_ceil(safe_div(units, e.num_tile_slots))
+    # the last, partial wave costs a share ``wave_tail_share`` of a whole wave beyond its own
+    # work: 1 = data-parallel tiles (a partial wave takes as long as a full one), 0 = stream-k
+    # (the tail's work is spread over every slot); at least one wave. Block-scaled kernels
+    # (fp8_block, fp4) schedule whole tiles: their partial wave costs a whole one.
+    exact_waves = safe_div(units, e.num_tile_slots)
+    tail = 1.0 if (dtype == "fp8_block" or prec == "fp4") else e.wave_tail_share
+    waves = exact_waves + tail * (ste_ceil(exact_waves) - exact_waves)
+    waves = jnp.maximum(waves, 1.0)
     wave_eff = safe_div(units, waves * e.num_tile_slots)
     k_eff = saturating(safe_div(k, split), e.k_half_elems)
     eff = getattr(e, f"compute_eff_{prec}") * tile_eff * wave_eff * k_eff
