@@ -287,6 +287,7 @@ def test_partial_wave_share(hw):
     for h, dtype in [(hw, "fp8_block"), (b200, "nvfp4")]:
         got = gemm_compute_eff(_with_tail_share(h, 0.0), 640.0, n, k, dtype)
         assert float(got) == float(gemm_compute_eff(h, 640.0, n, k, dtype)), dtype
+
     # the share's gradient: time grows with it where a wave is partial (finite differences),
     # and is exactly 0 where the waves are whole
     def time_s(c, m):

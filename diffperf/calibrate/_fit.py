@@ -387,9 +387,7 @@ def holdout_split(cols: dict[str, np.ndarray], fraction: float, seed: int = 0) -
     gid = shape_groups(cols)
     # blank cells (a column another table brought in) are left out of the name
     present = [np.asarray(cols[c]).astype(str) for c in _STRATUM_COLUMNS if c in cols]
-    strata = np.array(
-        ["|".join(v for v in vals if v not in ("", "nan")) for vals in zip(*present)]
-    )
+    strata = np.array(["|".join(v for v in vals if v not in ("", "nan")) for vals in zip(*present)])
     for s in np.unique(strata):
         groups = np.unique(gid[strata == s])  # ids ordered like their labels
         if groups.size < 2:
