@@ -69,7 +69,7 @@ def register(sub) -> None:
         "profile",
         help="measure the local JAX device (GEMMs, attention, memory copies) into a CSV",
         description=(
-            "Time jitted JAX kernels on the default JAX device (median of repeats after "
+            "Time jitted JAX kernels on the default JAX device (fastest of repeats after "
             "warm-up) and write rows in the measured-kernel schema, with a provenance header "
             "in a sidecar JSON (<output>.json)."
         ),
