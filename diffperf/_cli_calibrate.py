@@ -83,6 +83,13 @@ def register(sub) -> None:
         help="comma-separated subset of gemm,attention_prefill,attention_decode,memcpy",
     )
     p.add_argument("--device-name", default=None, help="device column (default: from JAX)")
+    p.add_argument(
+        "--max-seconds",
+        type=_positive_float("max-seconds"),
+        default=None,
+        help="stop measuring after this long and write the kernels measured so far "
+        "(a random subset of the plan)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
 
@@ -221,7 +228,12 @@ def cmd_profile(args) -> int:
         raise ValueError(f"--ops {','.join(bad)}: unknown; choose from {', '.join(PROFILE_OPS)}")
     t0 = time.perf_counter()
     res = profile_device(
-        args.output, quick=args.quick, repeats=args.repeats, ops=ops, device_name=args.device_name
+        args.output,
+        quick=args.quick,
+        repeats=args.repeats,
+        ops=ops,
+        device_name=args.device_name,
+        max_seconds=args.max_seconds,
     )
     wall = time.perf_counter() - t0
     msg = {"output": args.output, "rows": res["rows"], "wall_s": wall, **res["provenance"]}
@@ -234,4 +246,9 @@ def cmd_profile(args) -> int:
             f"jax {p['jax_version']}) in {wall:.1f} s; wrote {args.output} and "
             f"{args.output}.json"
         )
+        if p["stopped_at_max_seconds"] is not None:
+            print(
+                f"stopped at --max-seconds {args.max_seconds:g}: {p['kernels_measured']} of "
+                f"{p['kernels_planned']} planned kernels measured"
+            )
     return 0

@@ -59,6 +59,26 @@ def test_profile_writes_schema_rows_and_provenance(tmp_path):
     assert np.isfinite(pred).all() and (pred > 0).all()
 
 
+def test_profile_stops_at_max_seconds(tmp_path, capsys):
+    """--max-seconds: the first kernel is always measured, then no new one once the time is
+    up; the rows written are those measured, and the provenance says how many of the plan."""
+    out = tmp_path / "p.csv"
+    res = profile_device(out, plan=TINY_PLAN, device_name="testcpu", max_seconds=1e-9)
+    assert res["rows"] == 1
+    assert res["provenance"]["kernels_planned"] == 7
+    assert res["provenance"]["kernels_measured"] == 1
+    assert res["provenance"]["stopped_at_max_seconds"] == 1e-9
+    cols = read_kernel_csv(out)
+    assert len(cols["op"]) == 1 and (cols["latency_s"] > 0).all()
+    # a budget the plan fits in measures everything and records no stop
+    res = profile_device(out, plan=TINY_PLAN, device_name="testcpu", max_seconds=600.0)
+    assert res["rows"] == 7 and res["provenance"]["stopped_at_max_seconds"] is None
+    # the flag is checked at the edge, naming itself and the value
+    with pytest.raises(SystemExit):
+        main(["profile", "--output", str(out), "--max-seconds", "-3"])
+    assert "--max-seconds = -3 must be a finite positive number" in capsys.readouterr().err
+
+
 def test_quick_plan_is_bounded():
     """--quick stays small: a bounded number of kernels, none above its FLOP cap."""
     plan = profile_plan(True, "cpu")

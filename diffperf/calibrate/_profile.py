@@ -343,6 +343,7 @@ def profile_device(
     device_name: str | None = None,
     plan: dict | None = None,
     shuffle_seed: int | None = 0,
+    max_seconds: float | None = None,
 ) -> dict:
     """Measure the default JAX device and write ``output`` (CSV) and ``output.json``.
 
@@ -351,7 +352,10 @@ def profile_device(
     ``device`` column (default :func:`default_device_name`); ``plan`` overrides
     :func:`profile_plan` (tests use small plans); ``shuffle_seed`` measures the kernels in
     a seeded random order (``None``: plan order), so that slow drifts of a shared machine's
-    load spread over all shapes instead of biasing the ones measured last.
+    load spread over all shapes instead of biasing the ones measured last; ``max_seconds``
+    stops measuring new kernels once that much time has passed (the first kernel is always
+    measured) and writes the rows measured so far: with the shuffled order, a random subset
+    of the plan. The provenance records how many of the planned kernels were measured.
 
     **Returns:** ``{"rows": int, "provenance": dict}``.
     """
@@ -363,13 +367,20 @@ def profile_device(
     # ``passes`` > 1 measures everything again in another order and keeps each kernel's best
     # pass (a burst of load on a shared machine then spoils one pass, not the row)
     lat = np.full(len(tasks), np.inf)
+    t_start = time.perf_counter()
+    stopped = False
     for p in range(int(plan.get("passes", 1))):
         order = np.arange(len(tasks))
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed + p).permutation(len(tasks))
         for i in order:
             lat[i] = min(lat[i], tasks[i][1]())
-    rows = [{**row, "latency_s": float(t)} for (row, _), t in zip(tasks, lat)]
+            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                stopped = True
+                break
+        if stopped:
+            break
+    rows = [{**row, "latency_s": float(t)} for (row, _), t in zip(tasks, lat) if np.isfinite(t)]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", newline="") as f:
@@ -377,6 +388,15 @@ def profile_device(
         w.writerow(_HEADER)
         for r in rows:
             w.writerow([f"{r[c]:.6g}" if c == "latency_s" else r.get(c, "") for c in _HEADER])
-    prov = {**prov, "device": device, "quick": quick, "ops": list(ops), "plan": plan}
+    prov = {
+        **prov,
+        "device": device,
+        "quick": quick,
+        "ops": list(ops),
+        "kernels_planned": len(tasks),
+        "kernels_measured": len(rows),
+        "stopped_at_max_seconds": max_seconds if stopped else None,
+        "plan": plan,
+    }
     Path(str(output) + ".json").write_text(json.dumps(prov, indent=2, default=list) + "\n")
     return {"rows": len(rows), "provenance": {k: v for k, v in prov.items() if k != "plan"}}
