@@ -1,6 +1,7 @@
 """Regenerate the calibrated presets from the measured tables shipped in calibration_data/.
 
     python -m experiments.calibrate_presets [--holdout-report [--seeds N]]
+    python -m experiments.calibrate_presets --start-from-other [--seeds N]
 
 For ``h100-sxm`` and ``b200-sxm`` this runs ``diffperf calibrate`` on every kernel table of
 ``calibration_data/kernels/`` (all op families, fitted jointly, all rows) and writes
@@ -10,7 +11,11 @@ every kernel (op, dtype, implementation, scope) with split seed 0 .. N-1, prints
 the held-out median |relative error| of each split and writes them, with which shapes each
 split held out, to ``experiments/out/calibrate_holdout_<device>.json``. One split alone says
 little: whether the held-out GEMM shape is the smallest one or a middle one moves a group's
-error by 2x.
+error by 2x. ``--start-from-other`` runs only those held-out fits, each device's started from
+the other device's hand-fitted values (H100 from blackwell, B200 from hopper; tiles, slots
+and thresholds stay the device's own) instead of its own hand profile, which was fitted on
+all of its rows: a check of how much the held-out figures owe to that start. It writes
+``experiments/out/calibrate_holdout_<device>_from-<profile>.json`` and leaves the presets.
 
 The CPU preset ``hardware_presets/devices/epyc-genoa-2vcpu.toml`` is calibrated the same way
 from ``calibration_data/profiles/epyc-genoa-2vcpu.csv`` (a ``diffperf profile`` run on the
@@ -113,8 +118,30 @@ def _held_shapes(cols, train) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def holdout_report(device: str, seeds: int) -> dict:
-    """Fit ``device`` ``seeds`` times on 70% of its shape groups; held-out errors per group."""
+# --start-from-other: each device's held-out fits start from the other device's hand profile
+START_FROM_OTHER = {"h100-sxm": "blackwell", "b200-sxm": "hopper"}
+
+
+def start_from_profile(hw, profile: str):
+    """``hw`` with every fitted efficiency field (``FIT_FIELDS``) taken from ``profile``; the
+    kernel structure (tiles, slots, thresholds) and the peaks stay ``hw``'s own."""
+    from diffperf.calibrate._fit import FIT_FIELDS, with_efficiency
+    from diffperf.hardware._presets import efficiency_profile
+
+    src = efficiency_profile(profile)
+    return with_efficiency(
+        hw, {(fam, name): src[fam][name] for fam, names in FIT_FIELDS.items() for name in names}
+    )
+
+
+def holdout_report(device: str, seeds: int, start_profile: str | None = None) -> dict:
+    """Fit ``device`` ``seeds`` times on 70% of its shape groups; held-out errors per group.
+
+    ``start_profile``: start the fits from that efficiency profile's fitted values
+    (:func:`start_from_profile`) instead of the device's hand profile, which was fitted on
+    all of the device's rows; parameters the training rows pin down weakly then cannot
+    inherit what the held-out rows taught the hand fit.
+    """
     from diffperf.calibrate import concat_tables, read_kernel_csv, select_rows
     from diffperf.calibrate._fit import FitConfig, fit_efficiency
     from diffperf.hardware import load_hardware
@@ -122,6 +149,8 @@ def holdout_report(device: str, seeds: int) -> dict:
     cols = concat_tables([read_kernel_csv(DATA / f"{t}.csv") for t in TABLES])
     cols = select_rows(cols, cols["device"] == device)
     hw = load_hardware(device)
+    if start_profile:
+        hw = start_from_profile(hw, start_profile)
     per_seed = []
     for seed in range(seeds):
         res = fit_efficiency(hw, cols, FitConfig(holdout=HOLDOUT_FRACTION, seed=seed))
@@ -143,6 +172,7 @@ def holdout_report(device: str, seeds: int) -> dict:
     print(
         f"{device}: held-out median |rel err| per group, {seeds} splits "
         f"({HOLDOUT_FRACTION:.0%} of shape groups each)"
+        + (f", fits started from the {start_profile} profile's values" if start_profile else "")
     )
     print(f"{'op|dtype':32s} " + " ".join(f"seed {s:<3d}" for s in range(seeds)) + "  worst  > 10%")
     above = 0
@@ -156,17 +186,34 @@ def holdout_report(device: str, seeds: int) -> dict:
         print(f"{g:32s} {cells}  {worst}  {n_above}/{len(got)}")
     n_cells = sum(len(s["held_out"]) for s in per_seed)
     print(f"{above} of {n_cells} (group, split) cells above 10%\n")
-    return {"device": device, "holdout_fraction": HOLDOUT_FRACTION, "splits": per_seed}
+    return {
+        "device": device,
+        "holdout_fraction": HOLDOUT_FRACTION,
+        "start_profile": start_profile or "hand profile",
+        "splits": per_seed,
+    }
 
 
 def main_script(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.calibrate_presets")
     ap.add_argument("--holdout-report", action="store_true", help="held-out fits first")
     ap.add_argument("--seeds", type=int, default=3, help="held-out splits (default 3)")
+    ap.add_argument(
+        "--start-from-other",
+        action="store_true",
+        help="held-out fits only, each device started from the other's hand-fitted values "
+        "(the presets are not rewritten)",
+    )
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if args.seeds < 1:
         ap.error(f"--seeds = {args.seeds} must be >= 1")
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.start_from_other:
+        for dev in DEVICES:
+            rep = holdout_report(dev, args.seeds, START_FROM_OTHER[dev])
+            name = f"calibrate_holdout_{dev}_from-{START_FROM_OTHER[dev]}.json"
+            (OUT / name).write_text(json.dumps(rep, indent=1))
+        return 0
     for dev in DEVICES:
         if args.holdout_report:
             rep = holdout_report(dev, args.seeds)
