@@ -1,6 +1,9 @@
 """Profiling the local JAX device, and profile -> calibrate -> predict on this machine."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,6 @@ import pytest
 from diffperf.calibrate import error_table, predict_table, read_kernel_csv, select_rows
 from diffperf.calibrate._fit import FitConfig, fit_efficiency
 from diffperf.calibrate._profile import (
-    CPU_HOLDOUT_PLAN,
     PROFILE_OPS,
     profile_device,
     profile_plan,
@@ -100,10 +102,27 @@ def test_profile_cli_errors(tmp_path, capsys):
     assert "fft" in capsys.readouterr().err
 
 
+_PROFILE_CHILD = (
+    "import sys\n"
+    "from diffperf.calibrate._profile import CPU_HOLDOUT_PLAN, profile_device\n"
+    "profile_device(sys.argv[1], plan=CPU_HOLDOUT_PLAN, device_name='local', ops=('gemm',))\n"
+)
+
+
 @pytest.fixture(scope="module")
 def fresh_profile(tmp_path_factory):
+    """A live GEMM profile of this machine, taken in a child process with the caller's own
+    XLA flags: the suite's fast-compile flags (conftest) would time unoptimised kernels."""
     out = tmp_path_factory.mktemp("prof") / "local.csv"
-    profile_device(out, plan=CPU_HOLDOUT_PLAN, device_name="local", ops=("gemm",))
+    flags = os.environ.get("DIFFPERF_TESTS_CALLER_XLA_FLAGS", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROFILE_CHILD, str(out)],
+        env=dict(os.environ, XLA_FLAGS=flags),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return read_kernel_csv(out)
 
 
