@@ -118,6 +118,10 @@ def test_user_toml_inherit(tmp_path):
             r"efficiency.gemm.unaligned_m_eff = 0.0 must be a fraction in \(0, 1\]",
         ),
         (
+            'inherit = "h100-sxm"\n[efficiency.gemm]\nwave_tail_share = 1.5\n',
+            r"efficiency.gemm.wave_tail_share = 1.5 must be a fraction in \[0, 1\]",
+        ),
+        (
             'inherit = "h100-sxm"\n[efficiency.moe]\nwo_tile_m_elems = 0.0\n',
             "efficiency.moe.wo_tile_m_elems = 0.0 must be a finite positive number",
         ),
