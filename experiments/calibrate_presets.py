@@ -126,7 +126,7 @@ def start_from_profile(hw, profile: str):
     """``hw`` with every fitted efficiency field (``FIT_FIELDS``) taken from ``profile``; the
     kernel structure (tiles, slots, thresholds) and the peaks stay ``hw``'s own."""
     from diffperf.calibrate._fit import FIT_FIELDS, with_efficiency
-    from diffperf.hardware._presets import efficiency_profile
+    from diffperf.hardware import efficiency_profile
 
     src = efficiency_profile(profile)
     return with_efficiency(
@@ -208,19 +208,19 @@ def main_script(argv=None) -> int:
     if args.seeds < 1:
         ap.error(f"--seeds = {args.seeds} must be >= 1")
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.start_from_other:
-        for dev in DEVICES:
-            rep = holdout_report(dev, args.seeds, START_FROM_OTHER[dev])
-            name = f"calibrate_holdout_{dev}_from-{START_FROM_OTHER[dev]}.json"
-            (OUT / name).write_text(json.dumps(rep, indent=1))
-        return 0
     for dev in DEVICES:
-        if args.holdout_report:
-            rep = holdout_report(dev, args.seeds)
-            (OUT / f"calibrate_holdout_{dev}.json").write_text(json.dumps(rep, indent=1))
+        if args.holdout_report or args.start_from_other:
+            start = START_FROM_OTHER[dev] if args.start_from_other else None
+            rep = holdout_report(dev, args.seeds, start)
+            suffix = f"_from-{start}" if start else ""
+            (OUT / f"calibrate_holdout_{dev}{suffix}.json").write_text(json.dumps(rep, indent=1))
+        if args.start_from_other:
+            continue  # held-out fits only: the presets stay as they are
         rc = calibrate(dev, ROOT / "hardware_presets" / "devices" / f"{dev}-calibrated.toml")
         if rc:
             return rc
+    if args.start_from_other:
+        return 0
     dev_dir = ROOT / "hardware_presets" / "devices"
     for target, (src, note) in TRANSFERS.items():
         transfer(
