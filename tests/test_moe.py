@@ -39,8 +39,10 @@ def test_golden_weight_bound(hw):
     # A = 256 local assignments, one row per expert: the weight stream beats the tensor cores
     # and (module docstring), with b_e = 3*H*I*w the weight bytes of one expert,
     # t = 256*b_e / (bw*mem_eff*b_e/(b_e + weight_half_bytes))
-    #     + [A*(H*(2+a+4) + I*(2*2+2+a)) + passes*T*H*2] / (bw*act_mem_eff)
-    #     + routing_s + assign_s*T*k, with w = a = 1 + 4/128 (fp8 + one fp32 per 128).
+    #     + [A*(H*(2+a+4) + I*(2*2+2+a)) + block_act_passes*A*H*2 + passes*T*H*2]
+    #       / (bw*act_mem_eff)
+    #     + routing_s + assign_s*T*k + block_expert_s*E_r (E_r = 256 experts on the rank),
+    # with w = a = 1 + 4/128 (fp8 + one fp32 per 128).
     me = hw.accel.eff.moe
     h, i, e, k = DS
     w = 1.0 + 4.0 / 128.0
@@ -48,9 +50,12 @@ def test_golden_weight_bound(hw):
     bw = 3350e9
     weight_s = 256 * b_e / (bw * float(me.mem_eff) * b_e / (b_e + float(me.weight_half_bytes)))
     act = 256.0 * (h * (2 + w + 4) + i * (4 + 2 + w)) + float(me.permute_passes) * 32 * h * 2
+    act += float(me.block_act_passes) * 256.0 * h * 2
     act_s = act / (bw * float(me.act_mem_eff))
     want = weight_s + act_s + float(me.routing_s) + float(me.assign_s) * 32 * k
+    want += float(me.block_expert_s) * 256.0
     assert float(me.weight_half_bytes) > 0 and float(me.act_mem_eff) != float(me.mem_eff)
+    assert float(me.block_act_passes) > 0 and float(me.block_expert_s) > 0
     c = moe_layer_cost(hw, 32.0, h, i, e, k, 1.0, 1.0, "fp8_block")
     assert float(c.memory_s) > float(c.compute_s)
     np.testing.assert_allclose(c.time_s, want, rtol=1e-9)
@@ -121,6 +126,63 @@ def test_weight_only_path_cost(hw):
     d = moe_layer_cost(hw, *args).time_s - moe_layer_cost(hw0, *args).time_s
     np.testing.assert_allclose(d, float(me.wo_fixed_s) + 64 * float(me.wo_assign_s), rtol=1e-9)
     assert float(me.wo_fixed_s) > 0
+
+
+def test_block_scaled_path_cost(hw):
+    # fp8_block layers add block_expert_s*E_r (every expert held on the rank) to the routing
+    # chain and block_act_passes*A*H*2 bytes at bw*act_mem_eff (module docstring), so the
+    # exact derivatives are E_r and A*H*2/(bw*act_mem_eff). DeepSeek-V3, T=32 balanced:
+    # ep=1 holds E_r = 256 experts and A = 32*8 = 256 assignments; ep=16 holds E_r = 16 and,
+    # at λ = 1 + (imbalance-1)(1-1/16), A = 16*λ.
+    me = hw.accel.eff.moe
+    h = DS[0]
+    bw_act = 3350e9 * float(me.act_mem_eff)
+
+    def grads(ep, dtype):
+        f = lambda m: (
+            moe_layer_cost(
+                eqx.tree_at(lambda x: x.accel.eff.moe, hw, m), 32.0, *DS, 1.0, ep, dtype
+            ).time_s
+        )
+        g = jax.grad(f)(me)
+        return float(g.block_expert_s), float(g.block_act_passes), float(g.block_compute_eff)
+
+    lam16 = 1.0 + (float(me.imbalance) - 1.0) * (1.0 - 1.0 / 16.0)
+    for ep, e_r, a in ((1.0, 256.0, 256.0), (16.0, 16.0, 16.0 * lam16)):
+        g_exp, g_pass, _ = grads(ep, "fp8_block")
+        np.testing.assert_allclose(g_exp, e_r, rtol=1e-9)
+        np.testing.assert_allclose(g_pass, a * h * 2.0 / bw_act, rtol=1e-6)
+    # other formats do not see the block-scaled path at all
+    assert grads(1.0, "bf16") == (0.0, 0.0, 0.0)
+    assert grads(1.0, "fp8") == (0.0, 0.0, 0.0)
+    # compute-bound fp8_block (T=16384, tp=ep=1): the tensor-core time scales as
+    # 1/block_compute_eff, and the dense GEMMs' block_scale_eff does not enter
+    half = eqx.tree_at(
+        lambda x: x.accel.eff.moe.block_compute_eff, hw, hw.accel.eff.moe.block_compute_eff / 2
+    )
+    dense = eqx.tree_at(lambda x: x.accel.eff.gemm.block_scale_eff, hw, jnp.asarray(0.1))
+    c = moe_layer_cost(hw, 16384.0, *DS, 1.0, 1.0, "fp8_block")
+    np.testing.assert_allclose(
+        moe_layer_cost(half, 16384.0, *DS, 1.0, 1.0, "fp8_block").compute_s, 2 * c.compute_s
+    )
+    np.testing.assert_allclose(
+        moe_layer_cost(dense, 16384.0, *DS, 1.0, 1.0, "fp8_block").time_s, c.time_s, rtol=1e-12
+    )
+    # gradient in block_compute_eff against a central finite difference
+    f = lambda v: (
+        moe_layer_cost(
+            eqx.tree_at(lambda x: x.accel.eff.moe.block_compute_eff, hw, v),
+            16384.0,
+            *DS,
+            1.0,
+            1.0,
+            "fp8_block",
+        ).time_s
+    )
+    v0, dv = float(me.block_compute_eff), 1e-4
+    fd = (float(f(jnp.asarray(v0 + dv))) - float(f(jnp.asarray(v0 - dv)))) / (2 * dv)
+    np.testing.assert_allclose(float(jax.grad(f)(jnp.asarray(v0))), fd, rtol=1e-4)
+    assert fd < 0
 
 
 def test_ep_and_tp_shrink_work(hw):

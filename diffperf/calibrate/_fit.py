@@ -121,6 +121,8 @@ START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "quant_launch_s"): 1e-6,
     ("gemm", "fp4_launch_s"): 1e-6,
     ("moe", "weight_half_bytes"): 1e5,
+    ("moe", "block_expert_s"): 1e-7,
+    ("moe", "block_act_passes"): 0.5,
     ("comm", "p2p_simple_latency_s"): 1e-6,
     ("comm", "p2p_channel_bw_bytes_per_s"): 1e11,
     ("attention", "mla_module_row_s"): 1e-9,
@@ -188,6 +190,9 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "wo_assign_s": _P,
         "weight_half_bytes": _P,
         "act_mem_eff": _U,
+        "block_compute_eff": _U,
+        "block_expert_s": _P,
+        "block_act_passes": _P,
     },
     "comm": {
         "base_latency_s": _P,

@@ -33,6 +33,14 @@ class MoEEfficiency(eqx.Module):
     - ``wo_compute_eff``: fraction of the bf16 MoE compute efficiency that weight-only
       (``w4a16_*``, ``int8_wo``) grouped GEMMs keep (dequantisation in the main loop).
     - ``wo_fixed_s``: extra fixed time of the weight-only MoE kernel path (s).
+    - ``block_compute_eff``: fraction of the MoE compute rate that block-scaled
+      (``fp8_block``) grouped GEMMs keep (per-block scale promotion in the main loop; the
+      grouped kernels' own figure, not the dense ``eff.gemm.block_scale_eff``).
+    - ``block_expert_s``: fixed time per expert held on the rank in the block-scaled MoE
+      path (s), paid for every local expert whether or not tokens reach it.
+    - ``block_act_passes``: extra HBM passes over the bf16 assignment rows (``A·H·2`` bytes
+      each, at ``act_mem_eff``) in the block-scaled MoE path (1×128 quantisation of the
+      expanded rows and the layout of their scales).
     - ``wo_assign_s``: extra time per assignment on the weight-only path (s).
     """
 
@@ -50,3 +58,6 @@ class MoEEfficiency(eqx.Module):
     weight_half_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     act_mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     wo_tile_m_elems: FloatScalarLike = eqx.field(converter=as_float_array)
+    block_compute_eff: FloatScalarLike = eqx.field(converter=as_float_array)
+    block_expert_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    block_act_passes: FloatScalarLike = eqx.field(converter=as_float_array)
