@@ -96,6 +96,20 @@ def test_balanced_load_by_ep(hw):
     np.testing.assert_allclose(flop(4.0), base / 4 * 1.3, rtol=1e-12)
 
 
+def test_balanced_straggler_does_not_spill_a_tile(hw):
+    # Qwen3-30B-A3B (H=2048, I=768, E=128, k=8) at T=1024, ep=2, balanced: every expert gets
+    # exactly T*k/E = 64 rows, one whole tile of tile_m_elems = 64. The balanced load factor
+    # λ = 1 + (imbalance-1)(1-1/2) scales the rank's work (A = λ*T*k/ep) but not the padding
+    # (m_e = A/(λ*E_t) = 64 rows, η_tile = 1), so the tensor-core time is exactly λ times
+    # that of imbalance = 1: 1.005 at imbalance 1.01, not the ~2x of a spilled 65th row.
+    args = (1024.0, 2048.0, 768.0, 128.0, 8.0, 1.0, 2.0, "bf16")
+    assert float(hw.accel.eff.moe.tile_m_elems) == 64.0
+    at = lambda v: eqx.tree_at(lambda x: x.accel.eff.moe.imbalance, hw, jnp.asarray(v))
+    c1 = moe_layer_cost(at(1.0), *args).compute_s
+    c2 = moe_layer_cost(at(1.01), *args).compute_s
+    np.testing.assert_allclose(c2 / c1, 1.005, rtol=1e-12)
+
+
 def test_weight_only_row_tile(hw):
     # wo_tile_m_elems pads only weight-only GEMMs: T=16, k=8, ep=16 gives A = 8 rows on the
     # rank over its 16 experts; doubling the weight-only tile doubles their padded compute

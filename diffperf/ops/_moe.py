@@ -22,7 +22,9 @@ bytes and ``w`` the weight bytes per element:
   format's dense peak ``P`` (grouped expert GEMMs are their own kernels: their fraction of
   peak is fitted on MoE layers, not inherited from dense GEMMs),
   ``η_k(k) = k/(k + eff.gemm.k_half_elems)`` (short reductions, e.g. the down GEMM at high
-  TP) and ``η_tile`` the padding of the rows per touched expert ``m_e = A/E_t`` to the
+  TP) and ``η_tile`` the padding of the rows per touched expert ``m_e = A/(λ_bal·E_t)`` (the
+  balanced part ``λ_bal = 1 + (imbalance − 1)(1 − 1/ep)`` of the load factor left out: balanced
+  routing gives each expert exactly ``T·k/E`` rows) to the
   grouped GEMM's ``moe.tile_m_elems``, or ``moe.wo_tile_m_elems`` for weight-only kernels
   (they dequantise each weight tile once per row tile, which this padding charges);
 - activation traffic of the separate expand / activation / finalize kernels, additive, at
@@ -145,8 +147,10 @@ def moe_layer_cost(
     w = jnp.clip(skew, 0.0, 1.0)
     touched = e_r * (f_bal + w * (f_rand - f_bal))
 
-    # grouped GEMMs: tensor-core work vs the weight stream
-    m_e = safe_div(assign, touched)
+    # grouped GEMMs: tensor-core work vs the weight stream. Rows per expert for the tile
+    # padding leave out the balanced straggler factor: balanced routing gives every expert
+    # exactly T·k/E rows, and a factor a hair above 1 must not spill a padded tile
+    m_e = safe_div(safe_div(assign, balanced_load), touched)
     tile_m = me.wo_tile_m_elems if fmt.weight_only else me.tile_m_elems
     tile_eff = safe_div(m_e, ceil_div(m_e, tile_m) * tile_m)
     eff = me.compute_eff * tile_eff
