@@ -152,7 +152,7 @@ TRUTH_MOE = {
     ("moe", "weight_half_bytes"): 1.0e6,
     ("moe", "routing_s"): 2.5e-5,
     ("moe", "imbalance"): 1.2,
-    ("moe", "skew_ep_exponent"): 0.4,
+    ("moe", "skew_load_exponent"): 0.8,
     ("moe", "assign_s"): 2.0e-10,
     ("moe", "permute_passes"): 1.5,
 }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffperf.hardware import load_hardware
-from diffperf.ops._moe import expected_experts_touched, moe_layer_cost
+from diffperf.ops._moe import busiest_rank_load, expected_experts_touched, moe_layer_cost
 
 from .helpers import assert_median_error_bars, shared_data_dir
 
@@ -203,6 +203,48 @@ def test_ep_and_tp_shrink_work(hw):
     f = lambda tp, ep: float(moe_layer_cost(hw, 4096.0, *DS, tp, ep, "fp8_block").time_s)
     assert f(1.0, 8.0) < f(1.0, 1.0)
     assert f(8.0, 1.0) < f(1.0, 1.0)
+
+
+def _generator_busiest_load(tokens, top_k, experts, ep, alpha, draws, seed):
+    """Monte Carlo of the skewed-routing workload that busiest_rank_load models: expert loads
+    drawn from p(x) ∝ x^-alpha on [1, 0.8 T] (inverse-CDF sampling), scaled to T*k
+    assignments, ranks holding contiguous blocks of E/ep experts; mean over draws of the
+    busiest rank's load over the mean rank's."""
+    rng = np.random.default_rng(seed)
+    lo, hi, c = 1.0, 0.8 * tokens, 1.0 - alpha
+    u = rng.random((draws, experts))
+    x = ((hi**c - lo**c) * u + lo**c) ** (1.0 / c)
+    ranks = x.reshape(draws, ep, experts // ep).sum(-1)
+    return float(np.mean(ranks.max(-1) / ranks.mean(-1)))
+
+
+@pytest.mark.parametrize(
+    "tokens, top_k, experts, ep",
+    [(1024.0, 8, 128, 8), (16384.0, 8, 256, 64), (128.0, 8, 256, 16), (16384.0, 4, 128, 128)],
+)
+def test_busiest_rank_load_matches_the_workload(tokens, top_k, experts, ep):
+    # the closed form (one-big-draw and many-small-draws limits, combined) against 4000
+    # draws of the workload itself: within 10% on these shapes (DeepSeek-, Qwen3- and
+    # gpt-oss-like, 128-16384 tokens); the generator's factor spans 1.6x-19x here
+    want = _generator_busiest_load(tokens, top_k, experts, ep, 1.2, 4000, seed=ep)
+    got = float(busiest_rank_load(tokens, float(top_k), float(experts), float(ep), 1.2))
+    np.testing.assert_allclose(got, want, rtol=0.10)
+
+
+def test_busiest_rank_load_limits():
+    # one rank holds every expert: exactly the mean load, whatever the skew or token count
+    for t in (1.0, 64.0, 16384.0):
+        np.testing.assert_allclose(busiest_rank_load(t, 8.0, 256.0, 1.0, 1.2), 1.0, rtol=1e-12)
+    # more ranks share the same loads: the busiest carries more over the mean
+    f = [float(busiest_rank_load(4096.0, 8.0, 256.0, ep, 1.2)) for ep in (2.0, 8.0, 32.0, 128.0)]
+    assert all(b > a for a, b in zip(f, f[1:])) and f[0] > 1.0
+    # finite gradients in tokens (the power-law range grows with T), jit and vmap agree
+    g = jax.grad(lambda t: busiest_rank_load(t, 8.0, 256.0, 16.0, 1.2))(1000.0)
+    assert bool(jnp.isfinite(g)) and float(g) > 0
+    ts = jnp.array([16.0, 1000.0, 16384.0])
+    v = jax.jit(jax.vmap(lambda t: busiest_rank_load(t, 8.0, 256.0, 16.0, 1.2)))(ts)
+    for t, vv in zip(ts, v):
+        np.testing.assert_allclose(vv, busiest_rank_load(t, 8.0, 256.0, 16.0, 1.2), rtol=1e-12)
 
 
 def test_skew_loads_rank0(hw):

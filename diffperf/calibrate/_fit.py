@@ -183,7 +183,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "routing_s": _P,
         "permute_passes": _P,
         "imbalance": _G,
-        "skew_ep_exponent": _P,
+        "skew_load_exponent": _P,
         "assign_s": _P,
         "wo_compute_eff": _U,
         "wo_fixed_s": _P,

@@ -26,8 +26,9 @@ class MoEEfficiency(eqx.Module):
     - ``wo_tile_m_elems``: row tile of the weight-only (mixed-input) grouped GEMM.
     - ``imbalance``: load factor (>= 1) of the busiest of many ranks under balanced routing
       (``1 + (imbalance − 1)(1 − 1/ep)`` for ``ep`` ranks: exactly 1 on a single rank).
-    - ``skew_ep_exponent``: skewed routing loads rank 0 by ``ep ** (exponent · skew)``
-      (the share of a power-law-routed load held by the busiest of ``ep`` ranks).
+    - ``skew_load_exponent``: skewed routing loads the busiest rank by ``λ_skew ** exponent``,
+      ``λ_skew`` the expected busiest-rank share of power-law expert loads
+      (``ops._moe.busiest_rank_load``); 1 = exactly that workload.
     - ``assign_s``: time per routed (token, expert) assignment, all ``T·k`` of them, in the
       top-k / sort / scatter kernels (s).
     - ``wo_compute_eff``: fraction of the bf16 MoE compute efficiency that weight-only
@@ -50,7 +51,7 @@ class MoEEfficiency(eqx.Module):
     permute_passes: FloatScalarLike = eqx.field(converter=as_float_array)
     tile_m_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     imbalance: FloatScalarLike = eqx.field(converter=as_float_array)
-    skew_ep_exponent: FloatScalarLike = eqx.field(converter=as_float_array)
+    skew_load_exponent: FloatScalarLike = eqx.field(converter=as_float_array)
     assign_s: FloatScalarLike = eqx.field(converter=as_float_array)
     wo_compute_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     wo_fixed_s: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -7,9 +7,12 @@ the ``tokens·top_k`` assignments spread over ``E`` experts, of which this rank 
 bytes and ``w`` the weight bytes per element:
 
 - local assignments ``A = λ·T·k/ep`` with the busiest rank's load factor
-  ``λ = (1 + (imbalance − 1)·(1 − 1/ep)) · ep^(skew_ep_exponent·skew)`` (rank 0's latency
-  is measured; a single rank, ``ep = 1``, holds exactly its own load under balanced routing,
-  and the busiest of many ranks carries ``imbalance`` times the mean);
+  ``λ = (1 + (imbalance − 1)·(1 − 1/ep)) · λ_skew^skew_load_exponent`` (rank 0's latency is
+  measured, and rank 0 is the busiest rank; a single rank, ``ep = 1``, holds exactly its own
+  load under balanced routing, and the busiest of many ranks carries ``imbalance`` times the
+  mean). Under skewed routing (``skew`` = the power-law exponent, e.g. 1.2) ``λ_skew`` is
+  the busiest rank's expected share of power-law expert loads (:func:`busiest_rank_load`);
+  balanced routing has ``λ_skew = 1``;
 - experts touched on the rank ``E_t = E_r·f``: ``f = min(1, T·k/E)`` for balanced
   (round-robin) routing and ``1 − (1 − k/E)^T`` (random routing, see
   :func:`expected_experts_touched`) mixed in with weight ``min(skew, 1)``;
@@ -42,6 +45,7 @@ bytes and ``w`` the weight bytes per element:
 """
 
 import jax.numpy as jnp
+from jax.scipy.special import ndtri
 
 from .._dtypes import activation_bytes, get_format
 from .._numerics import ceil_div, pow_nonneg, safe_div, saturating, smooth_max2
@@ -60,6 +64,53 @@ def expected_experts_touched(tokens, top_k, num_experts):
     e = jnp.asarray(num_experts, dtype=float)
     miss = jnp.clip(1.0 - safe_div(k, e), 0.0, 1.0)
     return e * (1.0 - pow_nonneg(miss, t))
+
+
+def busiest_rank_load(tokens, top_k, num_experts, ep, alpha, nodes: int = 96):
+    """Load of the busiest of ``ep`` ranks over the mean when expert loads follow a power law.
+
+    Expert loads are drawn independently from ``p(x) ∝ x^(−alpha)`` on ``[1, 0.8·T]`` (on
+    ``[0.01, 2]`` when ``T·k ≤ E``) and normalised to the ``T·k`` assignments; each rank
+    holds ``E_r = E/ep`` contiguous experts, and the layer waits for the busiest rank (the
+    synthetic skewed-routing workload of the measured tables, which reports that rank). With
+    ``μ``, ``σ`` the moments of ``p`` and ``M = E[max of E draws]`` (quadrature on a
+    log-spaced grid), two limits of ``E[max_j G_j]/(E_r·μ)`` for the rank sums ``G_j``:
+
+    - one big draw: the rank holding the largest draw, ``(M + (E_r − 1)·μ_rest)/(E_r·μ)``
+      with ``μ_rest = (E·μ − M)/(E − 1)`` (heavy tails: long ranges at many tokens);
+    - many small ones: ``1 + σ·z(ep)/(μ·√E_r)``, ``z(n)`` the expected largest of ``n``
+      standard normals (Blom: ``Φ⁻¹((n − 0.375)/(n + 0.25))``);
+
+    combined as ``1 + (a³ + b³)^(1/3)`` of their excesses ``a``, ``b`` over 1. Against 100-draw
+    Monte Carlo of that workload for E = 8-256, ep = 2-128 and T = 16-16384 it is within 4%
+    (median) and 25% (worst, E = 8 at T = 16384); ``ep = 1`` gives exactly 1.
+    """
+    t = jnp.asarray(tokens, dtype=float)
+    k = jnp.asarray(top_k, dtype=float)
+    e = jnp.maximum(jnp.asarray(num_experts, dtype=float), 1.0)
+    ep = jnp.clip(jnp.asarray(ep, dtype=float), 1.0, e)
+    a = jnp.asarray(alpha, dtype=float)
+    many = t * k > e
+    lo = jnp.where(many, 1.0, 0.01)
+    hi = jnp.maximum(jnp.where(many, 0.8 * t, 2.0), lo * 1.001)
+    u = jnp.linspace(0.0, 1.0, nodes)
+    x = jnp.exp(jnp.log(lo)[..., None] + u * (jnp.log(hi) - jnp.log(lo))[..., None])
+    pdf = jnp.exp(-a[..., None] * jnp.log(x))
+    dx = jnp.diff(x, axis=-1)
+    panels = lambda f: 0.5 * (f[..., 1:] + f[..., :-1]) * dx  # trapezoid rule
+    trap = lambda f: jnp.sum(panels(f), axis=-1)
+    z_norm = trap(pdf)
+    mu = trap(x * pdf) / z_norm
+    var = jnp.maximum(trap(x * x * pdf) / z_norm - mu * mu, 0.0)
+    mass = jnp.cumsum(panels(pdf), axis=-1) / z_norm[..., None]
+    cdf = jnp.concatenate([jnp.zeros_like(mass[..., :1]), mass], axis=-1)
+    top = hi - trap(jnp.exp(e[..., None] * jnp.log(jnp.clip(cdf, 1e-300, 1.0))))
+    e_r = e / ep
+    rest = safe_div(e * mu - top, e - 1.0)
+    jump = jnp.maximum(safe_div(top + (e_r - 1.0) * rest, e_r * mu) - 1.0, 0.0)
+    z = ndtri((ep - 0.375) / (ep + 0.25))
+    gauss = jnp.maximum(safe_div(jnp.sqrt(var) * z, mu * jnp.sqrt(e_r)), 0.0)
+    return 1.0 + pow_nonneg(pow_nonneg(jump, 3.0) + pow_nonneg(gauss, 3.0), 1.0 / 3.0)
 
 
 def rank_hit_probability(num_ranks, top_k, routing_groups=1.0, routing_topk_groups=1.0):
@@ -140,7 +191,9 @@ def moe_layer_cost(
     i_r = safe_div(inter, tp)
     ep1 = jnp.maximum(ep, 1.0)
     balanced_load = 1.0 + (me.imbalance - 1.0) * (1.0 - safe_div(1.0, ep1))
-    load = balanced_load * jnp.exp(me.skew_ep_exponent * skew * jnp.log(ep1))
+    skewed = skew > 0.0
+    lam = busiest_rank_load(t, k, e, ep1, jnp.where(skewed, skew, 1.2))
+    load = balanced_load * jnp.where(skewed, pow_nonneg(lam, me.skew_load_exponent), 1.0)
     assign = safe_div(t * k, ep) * load
     f_bal = jnp.minimum(1.0, safe_div(t * k, e))
     f_rand = safe_div(expected_experts_touched(t, k, e), e)
