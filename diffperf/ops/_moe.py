@@ -90,10 +90,11 @@ def busiest_rank_load(tokens, top_k, num_experts, ep, alpha, nodes: int = 96):
     e = jnp.maximum(jnp.asarray(num_experts, dtype=float), 1.0)
     ep = jnp.clip(jnp.asarray(ep, dtype=float), 1.0, e)
     a = jnp.asarray(alpha, dtype=float)
+    t, k, e, ep, a = jnp.broadcast_arrays(t, k, e, ep, a)
     many = t * k > e
     lo = jnp.where(many, 1.0, 0.01)
     hi = jnp.maximum(jnp.where(many, 0.8 * t, 2.0), lo * 1.001)
-    u = jnp.linspace(0.0, 1.0, nodes)
+    u = jnp.linspace(0.0, 1.0, nodes).reshape((1,) * jnp.ndim(lo) + (nodes,))
     x = jnp.exp(jnp.log(lo)[..., None] + u * (jnp.log(hi) - jnp.log(lo))[..., None])
     pdf = jnp.exp(-a[..., None] * jnp.log(x))
     dx = jnp.diff(x, axis=-1)
@@ -155,6 +156,7 @@ def moe_layer_cost(
     gated: bool = True,
     skew=0.0,
     tau: float = 0.0,
+    skew_load=None,
 ) -> OpCost:
     """Time of one fused MoE layer on rank 0 (routing, permutation, grouped GEMMs).
 
@@ -165,7 +167,10 @@ def moe_layer_cost(
     **Arguments:** ``hw``; ``tokens`` (per rank, before routing), ``hidden``,
     ``intermediate`` (per expert, before TP), ``num_experts``, ``top_k``, ``tp``, ``ep``
     (float leaves); ``dtype`` (static format of the expert weights); ``gated`` (static);
-    ``skew``; ``tau`` (smooth-max temperature, 0 = exact).
+    ``skew``; ``tau`` (smooth-max temperature, 0 = exact); ``skew_load``: the busiest rank's
+    power-law load factor if already known (:func:`busiest_rank_load` of these tokens,
+    top-k, experts, ep and skew; it holds no hardware parameter, so a fit over fixed rows
+    computes it once), else computed here (skipped when ``skew`` is a Python 0).
 
     **Returns:** an :class:`OpCost` (``compute_s``: tensor-core time; ``memory_s``: weight
     stream plus activation traffic; ``time_s`` also holds routing).
@@ -180,7 +185,6 @@ def moe_layer_cost(
     k = jnp.asarray(top_k, dtype=float)
     tp = jnp.asarray(tp, dtype=float)
     ep = jnp.asarray(ep, dtype=float)
-    skew = jnp.asarray(skew, dtype=float)
     g = 3.0 if gated else 2.0
     a_b = activation_bytes(dtype)
     w_b = fmt.bytes_per_element
@@ -191,9 +195,15 @@ def moe_layer_cost(
     i_r = safe_div(inter, tp)
     ep1 = jnp.maximum(ep, 1.0)
     balanced_load = 1.0 + (me.imbalance - 1.0) * (1.0 - safe_div(1.0, ep1))
+    balanced_only = isinstance(skew, (int, float)) and skew == 0.0
+    skew = jnp.asarray(skew, dtype=float)
     skewed = skew > 0.0
-    lam = busiest_rank_load(t, k, e, ep1, jnp.where(skewed, skew, 1.2))
-    load = balanced_load * jnp.where(skewed, pow_nonneg(lam, me.skew_load_exponent), 1.0)
+    if skew_load is None:
+        skew_load = (
+            1.0 if balanced_only else busiest_rank_load(t, k, e, ep1, jnp.where(skewed, skew, 1.2))
+        )
+    skew_factor = jnp.where(skewed, pow_nonneg(skew_load, me.skew_load_exponent), 1.0)
+    load = balanced_load * skew_factor
     assign = safe_div(t * k, ep) * load
     f_bal = jnp.minimum(1.0, safe_div(t * k, e))
     f_rand = safe_div(expected_experts_touched(t, k, e), e)
