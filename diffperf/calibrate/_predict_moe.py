@@ -43,14 +43,14 @@ def _skew_loads(t, e, k, ep, skew) -> np.ndarray:
     return np.where(skew > 0.0, lam, 1.0)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _predict(dtype: str, hw: Hardware, t, h, i, e, k, tp, ep, skew, skew_load):
-    f = lambda *a: moe_layer_cost(hw, *a[:7], dtype, True, a[7], skew_load=a[8]).time_s
-    return jax.vmap(f)(t, h, i, e, k, tp, ep, skew, skew_load)
+def _row_time(hw: Hardware, dtype: str, *a):
+    """Latency of one row: the seven ``_COLS`` values, its skew and its busiest-rank load."""
+    return moe_layer_cost(hw, *a[:7], dtype, True, a[7], skew_load=a[8]).time_s
 
 
-def traced_groups(cols: dict[str, np.ndarray]):
-    """``[(row_index, fn)]`` per dtype, ``fn(hw)`` the traceable latencies (s) of those rows."""
+def _dtype_groups(cols: dict[str, np.ndarray]):
+    """``[(dtype, row_index, args)]``: per dtype the ``_COLS`` columns of its rows, their skew
+    (``distribution`` column) and their busiest-rank loads (:func:`_skew_loads`)."""
     dtypes = np.asarray(cols["dtype"]).astype(str)
     n = len(dtypes)
     dist = cols.get("distribution", np.array(["balanced"] * n))
@@ -60,11 +60,22 @@ def traced_groups(cols: dict[str, np.ndarray]):
         idx = np.flatnonzero(dtypes == dt)
         args = [np.asarray(cols[c], dtype=float)[idx] for c in _COLS] + [skew[idx]]
         t, _, _, e, k, _, ep, sk = args
-        args.append(_skew_loads(t, e, k, ep, sk))
+        out.append((str(dt), idx, [*args, _skew_loads(t, e, k, ep, sk)]))
+    return out
 
-        def fn(hw, dt=str(dt), args=args):
-            f = lambda *a: moe_layer_cost(hw, *a[:7], dt, True, a[7], skew_load=a[8]).time_s
-            return jax.vmap(f)(*(jnp.asarray(a, dtype=float) for a in args))
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _predict(dtype: str, hw: Hardware, *args):
+    return jax.vmap(lambda *a: _row_time(hw, dtype, *a))(*args)
+
+
+def traced_groups(cols: dict[str, np.ndarray]):
+    """``[(row_index, fn)]`` per dtype, ``fn(hw)`` the traceable latencies (s) of those rows."""
+    out = []
+    for dt, idx, args in _dtype_groups(cols):
+
+        def fn(hw, dt=dt, args=args):
+            return jax.vmap(lambda *a: _row_time(hw, dt, *a))(*(jnp.asarray(a) for a in args))
 
         out.append((idx, fn))
     return out
@@ -72,16 +83,7 @@ def traced_groups(cols: dict[str, np.ndarray]):
 
 def predict_rows(hw: Hardware, cols: dict[str, np.ndarray]) -> np.ndarray:
     """Predicted latency (s) of MoE rows of one device; ``cols`` from ``read_kernel_csv``."""
-    dtypes = np.asarray(cols["dtype"]).astype(str)
-    n = len(dtypes)
-    dist = cols.get("distribution", np.array(["balanced"] * n))
-    skew = np.array([skew_of(d) for d in dist], dtype=float)
-    out = np.full(n, np.nan)
-    for dt in np.unique(dtypes):
-        sel = dtypes == dt
-        args = [np.asarray(cols[c], dtype=float)[sel] for c in _COLS]
-        t, _, _, e, k, _, ep = args
-        loads = _skew_loads(t, e, k, ep, skew[sel])
-        args = [jnp.asarray(a) for a in (*args, skew[sel], loads)]
-        out[sel] = np.asarray(_predict(str(dt), hw, *args))
+    out = np.full(len(cols["dtype"]), np.nan)
+    for dt, idx, args in _dtype_groups(cols):
+        out[idx] = np.asarray(_predict(dt, hw, *(jnp.asarray(a) for a in args)))
     return out

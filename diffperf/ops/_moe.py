@@ -218,7 +218,8 @@ def moe_layer_cost(
     tile_m = me.wo_tile_m_elems if fmt.weight_only else me.tile_m_elems
     tile_eff = safe_div(m_e, ceil_div(m_e, tile_m) * tile_m)
     eff = me.compute_eff * tile_eff
-    if dtype == "fp8_block":
+    block_scaled = dtype == "fp8_block"  # its own kernel path (module docstring)
+    if block_scaled:
         eff = eff * me.block_compute_eff
     if fmt.weight_only:
         eff = eff * me.wo_compute_eff
@@ -235,14 +236,14 @@ def moe_layer_cost(
 
     # activation traffic of expand / activation / finalize kernels
     act_bytes = assign * (h * (2.0 + a_b + 4.0) + i_r * (2.0 * (g - 1.0) + 2.0 + a_b))
-    if dtype == "fp8_block":  # 1x128-block quantisation of the expanded rows, scale layout
+    if block_scaled:  # 1x128-block quantisation of the expanded rows, scale layout
         act_bytes = act_bytes + me.block_act_passes * assign * h * 2.0
     # routing: fixed launch chain, per-assignment sort/scatter, passes over token rows
     tok_bytes = me.permute_passes * t * h * 2.0
     route_s = me.routing_s + me.assign_s * t * k
     if fmt.weight_only:
         route_s = route_s + me.wo_fixed_s + me.wo_assign_s * t * k
-    if dtype == "fp8_block":  # per-expert set-up, for every expert the rank holds
+    if block_scaled:  # per-expert set-up, for every expert the rank holds
         route_s = route_s + me.block_expert_s * e_r
     bytes_ = w_bytes + act_bytes + tok_bytes
     time_s = gemm_s + safe_div(act_bytes + tok_bytes, act_bw) + route_s
