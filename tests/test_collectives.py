@@ -46,6 +46,7 @@ def _hw_clean():
         ll_per_copy_s=0.0,
         ll_combine_latency_s=30e-6,
         combine_bw_factor=1.0,
+        ll_combine_bw_factor=1.0,
         p2p_ll_threshold_bytes=16384.0,
         p2p_simple_latency_s=0.0,
         p2p_channel_bw_bytes_per_s=0.0,
@@ -218,6 +219,56 @@ def test_moe_dispatch_golden():
     want_ll = 40e-6 + T * k * 7 / 8 * H * 2 / BW_UP
     got_ll = C.moe_dispatch_cost(HWC, T, H, k, 256.0, ep, impl="trtllm_deepep_ll").time_s
     np.testing.assert_allclose(got_ll, want_ll, rtol=1e-9)
+
+
+def test_combine_bandwidth_factor_per_kernel():
+    # HT combine divides its bandwidth by combine_bw_factor, LL combine by
+    # ll_combine_bw_factor, and neither factor touches the other kernel. Derivation (the
+    # goldens above, bf16 payload on both): HT transfer T*remote*H*2/(BW_UP*f) with the HT
+    # dedup count, LL transfer T*k*(ep-1)/ep*H*2/(BW_UP*f); the LL combine latency is
+    # ll_combine_latency_s = 30 us.
+    T, H, k, ep = 4096.0, 7168.0, 8.0, 8.0
+    ht_bytes = T * 7 * (1 - (7 / 8) ** 8) * H * 2
+    ll_bytes = T * k * 7 / 8 * H * 2
+    comm = HWC.accel.eff.comm
+    hw = eqx.tree_at(
+        lambda h: (h.accel.eff.comm.combine_bw_factor, h.accel.eff.comm.ll_combine_bw_factor),
+        HWC,
+        (jnp.asarray(0.5), jnp.asarray(0.25)),
+    )
+    ht = C.moe_combine_cost(hw, T, H, k, 256.0, ep, impl="deepep_ht").time_s
+    ll = C.moe_combine_cost(hw, T, H, k, 256.0, ep, impl="deepep_ll").time_s
+    np.testing.assert_allclose(ht, float(comm.ht_latency_s) + ht_bytes / (BW_UP * 0.5), rtol=1e-9)
+    np.testing.assert_allclose(ll, 30e-6 + ll_bytes / (BW_UP * 0.25), rtol=1e-9)
+    # each kernel's time moves with its own factor only
+    g = jax.grad(
+        lambda f: (
+            C.moe_combine_cost(
+                eqx.tree_at(lambda h: h.accel.eff.comm.ll_combine_bw_factor, hw, f),
+                T,
+                H,
+                k,
+                256.0,
+                ep,
+                impl="deepep_ht",
+            ).time_s
+        )
+    )(jnp.asarray(0.25))
+    assert float(g) == 0.0
+    g_ll = jax.grad(
+        lambda f: (
+            C.moe_combine_cost(
+                eqx.tree_at(lambda h: h.accel.eff.comm.ll_combine_bw_factor, hw, f),
+                T,
+                H,
+                k,
+                256.0,
+                ep,
+                impl="deepep_ll",
+            ).time_s
+        )
+    )(jnp.asarray(0.25))
+    np.testing.assert_allclose(g_ll, -ll_bytes / (BW_UP * 0.25**2), rtol=1e-6)
 
 
 def test_moe_fp4_payload_falls_back_to_fp8_on_hopper():

@@ -219,6 +219,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "ll_per_copy_s": _P,
         "ll_combine_latency_s": _P,
         "combine_bw_factor": _P,
+        "ll_combine_bw_factor": _U,
         "p2p_simple_latency_s": _P,
         "p2p_channel_bw_bytes_per_s": _P,
     },

@@ -45,7 +45,10 @@ class CommEfficiency(eqx.Module):
     - ``ll_latency_s``, ``ll_bw_eff``, ``ll_per_copy_s``: the same for DeepEP low-latency
       (and NVLink one-sided) kernels; ``ll_combine_latency_s`` the LL combine's fixed latency
       (no layout/quantisation pass, lower than dispatch).
-    - ``combine_bw_factor``: combine bandwidth relative to dispatch (reduction on receive).
+    - ``combine_bw_factor``: HT combine bandwidth relative to HT dispatch (reduction on
+      receive).
+    - ``ll_combine_bw_factor``: the same for the LL combine, a different kernel (one-sided
+      per-expert writes, weighted sum on receive, no NVLink forwarding).
     - ``p2p_ll_threshold_bytes``: per-peer message size up to which NCCL point-to-point
       operations (all-to-all, send/recv) use the low-latency protocol (NCCL's
       ``NCCL_P2P_LL_THRESHOLD``, 16 KiB by default); 0 = never.
@@ -82,6 +85,7 @@ class CommEfficiency(eqx.Module):
     ll_per_copy_s: FloatScalarLike = eqx.field(converter=as_float_array)
     ll_combine_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
     combine_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
+    ll_combine_bw_factor: FloatScalarLike = eqx.field(converter=as_float_array)
     p2p_ll_threshold_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     p2p_simple_latency_s: FloatScalarLike = eqx.field(converter=as_float_array)
     p2p_channel_bw_bytes_per_s: FloatScalarLike = eqx.field(converter=as_float_array)

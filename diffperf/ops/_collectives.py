@@ -347,7 +347,7 @@ def _moe_a2a(
         out_copies = remote * (1.0 - in_frac)
         up_copies = remote * in_frac
     if combine:
-        eff = eff * e.combine_bw_factor
+        eff = eff * (e.combine_bw_factor if kind == "ht" else e.ll_combine_bw_factor)
     up_bytes = T * up_copies * tok_bytes
     out_bytes = T * out_copies * tok_bytes
     up = _transfer_s(hw, up_bytes, tok_bytes * T, hw.fabric.scaleup_bw_bytes_per_s, eff)
@@ -415,7 +415,7 @@ def moe_combine_cost(
     """MoE combine: the reverse of :func:`moe_dispatch_cost` with a weighted sum on receive.
 
     The payload is bf16 unless ``low_precision`` (then ``dtype``'s bytes); bandwidth scaled by
-    ``combine_bw_factor``.
+    ``combine_bw_factor`` (HT) or ``ll_combine_bw_factor`` (LL).
     """
     payload = _moe_payload_bytes(hw, dtype) if low_precision else 2.0
     shape = (hw, tokens, hidden, top_k, num_experts, ep)
