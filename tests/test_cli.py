@@ -133,7 +133,11 @@ def test_hardware_override(tmp_path, capsys):
     [
         (
             "device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,bf16,1,2,3,-1e-5\n",
-            "bad.csv:2: latency_s",
+            r"bad.csv:2: latency_s = -1e-05 must be a positive",
+        ),
+        (
+            "device,op,dtype,m,n,k,latency_s\nh100-sxm,gemm,bf16,1,2,3,1e-5\nh100-sxm,gemm,bf16,1,2,3,\n",
+            "bad.csv:3: latency_s = blank must be a positive",
         ),
         ("device,op,dtype,m,n,latency_s\nh100-sxm,gemm,bf16,1,2,1e-5\n", "needs column 'k'"),
         ("device,op,dtype,m,n,k\nh100-sxm,gemm,bf16,1,2,3\n", "missing column 'latency_s'"),

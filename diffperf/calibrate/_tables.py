@@ -138,8 +138,9 @@ def read_kernel_csv(path: str | Path, require_latency: bool = True) -> dict[str,
         bad = np.flatnonzero(~(lat > 0)) if require_latency else np.flatnonzero(lat <= 0)
         if bad.size:
             i = int(bad[0])
+            shown = "blank" if math.isnan(lat[i]) else repr(float(lat[i]))
             raise TableError(
-                f"{path}:{i + 2}: latency_s = {lat[i]!r} must be a positive number of seconds"
+                f"{path}:{i + 2}: latency_s = {shown} must be a positive number of seconds"
             )
     ops = cols["op"]
     for op in (str(o) for o in np.unique(ops)):
