@@ -125,6 +125,19 @@ def test_user_toml_inherit(tmp_path):
             'inherit = "h100-sxm"\n[efficiency.moe]\nwo_tile_m_elems = 0.0\n',
             "efficiency.moe.wo_tile_m_elems = 0.0 must be a finite positive number",
         ),
+        # a bandwidth factor of 0 would make that collective free
+        (
+            'inherit = "h100-sxm"\n[efficiency.comm]\ncombine_bw_factor = 0\n',
+            "efficiency.comm.combine_bw_factor = 0 must be a finite positive number",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.comm]\nll_combine_bw_factor = 1.5\n',
+            r"efficiency.comm.ll_combine_bw_factor = 1.5 must be a fraction in \(0, 1\]",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.comm]\nll_combine_bw_factor = 0.0\n',
+            r"efficiency.comm.ll_combine_bw_factor = 0.0 must be a fraction in \(0, 1\]",
+        ),
         ('inherit = "h100-sxm"\n[compute]\nbf16_tflops = 0\n', "compute.bf16_tflops = 0"),
         ('inherit = "nonexistent-gpu"\n', "nonexistent-gpu"),
         ('name = "x"\nkind = "gpu"\nefficiency_profile = "hopper"\n', "section \\[compute\\]"),

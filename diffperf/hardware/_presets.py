@@ -171,20 +171,25 @@ _FRACTION_MAY_BE_ZERO = frozenset(
         "wave_tail_share",
     }
 )
-# Kernel structure that a cost divides by (tile padding, waves, split-k): strictly positive.
+# Kernel structure that a cost divides by (tile padding, waves, split-k), and the bandwidth
+# factors of one collective relative to another (``*_bw_factor``; 0 would make it free):
+# strictly positive. The LL combine's factor is a fraction of its dispatch's bandwidth.
 _POSITIVE_STRUCTURE = frozenset(
     {"tile_m_elems", "tile_n_elems", "num_tile_slots", "split_k_elems", "wo_tile_m_elems"}
 )
+_POSITIVE_FACTOR = re.compile(r"_bw_factor$")
+_FRACTION_NAMES = frozenset({"ll_combine_bw_factor"})
 
 
 def _efficiency_value(path: Path, family: str, name: str, value) -> float:
     where = f"efficiency.{family}.{name}"
     v = _number(path, where, value, may_be_zero=True)
-    if (_FRACTION.search(name) and "eff_scale" not in name) or name in _FRACTION_MAY_BE_ZERO:
+    fraction = _FRACTION.search(name) and "eff_scale" not in name
+    if fraction or name in _FRACTION_MAY_BE_ZERO or name in _FRACTION_NAMES:
         if v > 1 or (v == 0 and name not in _FRACTION_MAY_BE_ZERO):
             low = "[0" if name in _FRACTION_MAY_BE_ZERO else "(0"
             raise PresetError(f"{path}: {where} = {value!r} must be a fraction in {low}, 1]")
-    if name in _POSITIVE_STRUCTURE and v == 0:
+    if (name in _POSITIVE_STRUCTURE or _POSITIVE_FACTOR.search(name)) and v == 0:
         raise PresetError(f"{path}: {where} = {value!r} must be a finite positive number")
     return v
 
