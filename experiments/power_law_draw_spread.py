@@ -1,7 +1,7 @@
 """How far one draw of the skewed MoE workload sits from its expectation, and the error that
 alone leaves to a model of the expected latency on the measured power-law rows.
 
-Run: ``python -m experiments.power_law_draw_spread [--draws 1000] [--seed 0]`` (~1 min on
+Run: ``python -m experiments.power_law_draw_spread [--draws 1000] [--seed 0]`` (~10 s on
 2 cores). Prints one JSON object.
 
 The ``power_law_1.2`` rows of ``calibration_data/kernels/moe.csv`` are each ONE draw of
