@@ -37,24 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffperf.calibrate import predict_table, read_kernel_csv, select_rows
-from diffperf.calibrate._predict_moe import _dtype_groups, _row_time
+from diffperf.calibrate._predict_moe import _dtype_groups, _row_time, sample_busiest_rank_load
 from diffperf.hardware import load_hardware
 
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("h100-sxm", "b200-sxm")
-
-
-def busiest_load_draws(tokens, top_k, experts, ep, alpha, draws, rng) -> np.ndarray:
-    """``draws`` samples of the busiest rank's load over the mean rank load."""
-    many = tokens * top_k > experts
-    lo, hi = (1.0, 0.8 * tokens) if many else (0.01, 2.0)
-    b = 1.0 - alpha
-    u = rng.random((draws, int(experts)))
-    x = (hi**b * u + lo**b * (1.0 - u)) ** (1.0 / b)  # inverse CDF of p(x) ∝ x^-alpha
-    share = x / x.sum(axis=1, keepdims=True)
-    ranks = share.reshape(draws, int(ep), -1).sum(axis=2) * ep
-    return ranks.max(axis=1)
 
 
 def elasticities(hw, dtype: str, args) -> np.ndarray:
@@ -101,7 +89,7 @@ def device_report(device: str, draws: int, seed: int) -> list[dict]:
         t, _, _, e, k, _, ep, _ = args[:8]
         noise = np.zeros((draws, len(idx)))  # balanced rows: no draw noise
         for i in np.flatnonzero(pl):
-            lam = busiest_load_draws(t[i], k[i], e[i], ep[i], skew[i], draws, rng)
+            lam = sample_busiest_rank_load(t[i], k[i], e[i], ep[i], skew[i], draws, rng)
             noise[:, i] = np.abs((lam / lam.mean()) ** eps[i] - 1.0)
         sens = pl & (eps >= 0.25)
         err = np.abs(rel[idx])

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffperf.calibrate._predict_moe import sample_busiest_rank_load
 from diffperf.hardware import load_hardware
 from diffperf.ops._moe import busiest_rank_load, expected_experts_touched, moe_layer_cost
 
@@ -206,16 +207,11 @@ def test_ep_and_tp_shrink_work(hw):
 
 
 def _generator_busiest_load(tokens, top_k, experts, ep, alpha, draws, seed):
-    """Monte Carlo of the skewed-routing workload that busiest_rank_load models: expert loads
-    drawn from p(x) ∝ x^-alpha on [1, 0.8 T] (inverse-CDF sampling), scaled to T*k
-    assignments, ranks holding contiguous blocks of E/ep experts; mean over draws of the
-    busiest rank's load over the mean rank's."""
+    """Monte Carlo of the skewed-routing workload that busiest_rank_load models (expert loads
+    from p(x) ∝ x^-alpha on [1, 0.8 T], contiguous blocks of E/ep experts per rank): mean
+    over draws of the busiest rank's load over the mean rank's."""
     rng = np.random.default_rng(seed)
-    lo, hi, c = 1.0, 0.8 * tokens, 1.0 - alpha
-    u = rng.random((draws, experts))
-    x = ((hi**c - lo**c) * u + lo**c) ** (1.0 / c)
-    ranks = x.reshape(draws, ep, experts // ep).sum(-1)
-    return float(np.mean(ranks.max(-1) / ranks.mean(-1)))
+    return float(np.mean(sample_busiest_rank_load(tokens, top_k, experts, ep, alpha, draws, rng)))
 
 
 @pytest.mark.parametrize(

@@ -3,18 +3,19 @@ load elasticity of the power-law MoE rows."""
 
 import numpy as np
 
+from diffperf.calibrate._predict_moe import sample_busiest_rank_load
 from diffperf.ops._moe import busiest_rank_load
-from experiments.power_law_draw_spread import busiest_load_draws, measured_elasticities
+from experiments.power_law_draw_spread import measured_elasticities
 
 
 def test_busiest_load_draws_match_the_expected_load():
     rng = np.random.default_rng(0)
     # one rank holds every expert: its load is the mean, exactly 1 in every draw
-    one = busiest_load_draws(1024.0, 8.0, 128.0, 1.0, 1.2, 50, rng)
+    one = sample_busiest_rank_load(1024.0, 8.0, 128.0, 1.0, 1.2, 50, rng)
     np.testing.assert_allclose(one, 1.0, rtol=1e-12)
     # Qwen3-235B-shaped, EP 32 at 1024 tokens: the draws' mean is the expectation that
     # busiest_rank_load computes by quadrature (measured 3.84 vs 3.74, 2.7% apart)
-    lam = busiest_load_draws(1024.0, 8.0, 128.0, 32.0, 1.2, 2000, rng)
+    lam = sample_busiest_rank_load(1024.0, 8.0, 128.0, 32.0, 1.2, 2000, rng)
     assert lam.min() >= 1.0  # the busiest of 32 ranks carries at least the mean
     np.testing.assert_allclose(
         lam.mean(), float(busiest_rank_load(1024, 8, 128, 32, 1.2)), rtol=0.05

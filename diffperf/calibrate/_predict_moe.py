@@ -27,6 +27,22 @@ def skew_of(distribution: str) -> float:
     raise ValueError(f"distribution={d!r}: expected 'balanced' or 'power_law_<exponent>'")
 
 
+def sample_busiest_rank_load(tokens, top_k, experts, ep, alpha, draws, rng) -> np.ndarray:
+    """``draws`` samples of the busiest rank's load over the mean rank's in the skewed-routing
+    workload of the measured rows (what :func:`busiest_rank_load` takes the expectation of):
+    expert loads drawn from ``p(x) ∝ x^-alpha`` on ``[1, 0.8·T]`` (``[0.01, 2]`` when
+    ``T·k ≤ E``) by inverse-CDF sampling, ranks holding contiguous blocks of ``E/ep``
+    experts; the rounding to whole rows is left out. ``rng``: a numpy ``Generator``."""
+    many = tokens * top_k > experts
+    lo, hi = (1.0, 0.8 * tokens) if many else (0.01, 2.0)
+    b = 1.0 - alpha
+    u = rng.random((draws, int(experts)))
+    x = (hi**b * u + lo**b * (1.0 - u)) ** (1.0 / b)  # inverse CDF of p(x) ∝ x^-alpha
+    share = x / x.sum(axis=1, keepdims=True)
+    ranks = share.reshape(draws, int(ep), -1).sum(axis=2) * ep
+    return ranks.max(axis=1)
+
+
 _busiest_rank_load = jax.jit(busiest_rank_load)
 
 
