@@ -336,18 +336,20 @@ def _moe_a2a(
     tok_bytes = H * payload_bytes
     if kind == "ht":
         lat, eff, per_copy = e.ht_latency_s, e.ht_bw_eff, e.ht_per_copy_s
+        combine_factor = e.combine_bw_factor
         # DeepEP HT sends each token once per remote domain over RDMA, then forwards it
         # over NVLink: out copies = distinct remote domains.
         out_copies = (m - 1.0) * rank_hit_probability(m, k, groups, topk_groups)
         up_copies = remote  # in-domain sends plus the forwarding of copies from outside
     else:
         lat, eff, per_copy = e.ll_latency_s, e.ll_bw_eff, e.ll_per_copy_s
+        combine_factor = e.ll_combine_bw_factor
         if combine:
             lat = e.ll_combine_latency_s
         out_copies = remote * (1.0 - in_frac)
         up_copies = remote * in_frac
     if combine:
-        eff = eff * (e.combine_bw_factor if kind == "ht" else e.ll_combine_bw_factor)
+        eff = eff * combine_factor
     up_bytes = T * up_copies * tok_bytes
     out_bytes = T * out_copies * tok_bytes
     up = _transfer_s(hw, up_bytes, tok_bytes * T, hw.fabric.scaleup_bw_bytes_per_s, eff)
