@@ -138,6 +138,14 @@ def test_user_toml_inherit(tmp_path):
             'inherit = "h100-sxm"\n[efficiency.comm]\nll_combine_bw_factor = 0.0\n',
             r"efficiency.comm.ll_combine_bw_factor = 0.0 must be a fraction in \(0, 1\]",
         ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.moe]\nwo_tile_m_large_elems = 0\n',
+            "efficiency.moe.wo_tile_m_large_elems = 0 must be a finite positive number",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.attention]\noverlap_p = 0.0\n',
+            r"efficiency.attention.overlap_p = 0.0 must be a p-norm exponent >= 1$",
+        ),
         ('inherit = "h100-sxm"\n[compute]\nbf16_tflops = 0\n', "compute.bf16_tflops = 0"),
         ('inherit = "nonexistent-gpu"\n', "nonexistent-gpu"),
         ('name = "x"\nkind = "gpu"\nefficiency_profile = "hopper"\n', "section \\[compute\\]"),

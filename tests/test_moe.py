@@ -68,12 +68,12 @@ def test_golden_compute_bound(hw):
     # rows each (a multiple of tile_m_elems = 64, so η_tile = 1). The tensor-core time is
     # 2A*H*I*2/(P*ce*η_k(H)) + 2A*I*H/(P*ce*η_k(I)) with ce = moe.compute_eff a fraction of the
     # bf16 dense peak P = 989.4e12 (not scaled by gemm.compute_eff_bf16) and
-    # η_k(x) = x/(x + gemm.k_half_elems).
-    me, ge = hw.accel.eff.moe, hw.accel.eff.gemm
+    # η_k(x) = x/(x + moe.k_half_elems).
+    me = hw.accel.eff.moe
     h, i, e, k = DS
     a = 16384.0 * k
     p = 989.4e12 * float(me.compute_eff)
-    kh = float(ge.k_half_elems)
+    kh = float(me.k_half_elems)
     want = 2 * a * h * i * 2 / (p * h / (h + kh)) + 2 * a * i * h / (p * i / (i + kh))
     c = moe_layer_cost(hw, 16384.0, h, i, e, k, 1.0, 1.0, "bf16")
     np.testing.assert_allclose(c.compute_s, want, rtol=1e-6)
@@ -84,6 +84,50 @@ def test_golden_compute_bound(hw):
         c.compute_s,
         rtol=1e-12,
     )
+
+
+def test_own_k_half(hw):
+    # The grouped GEMMs' short-reduction factor η_k(x) = x/(x + moe.k_half_elems) is their own,
+    # not the dense GEMMs' gemm.k_half_elems: with moe.k_half_elems = 100 the compute-bound
+    # golden above is 2A*H*I*2/(P*ce*H/(H + 100)) + 2A*I*H/(P*ce*I/(I + 100)), the dense value
+    # does not enter, and 0 removes the factor (2A*H*I*3/(P*ce)).
+    me = hw.accel.eff.moe
+    h, i, e, k = DS
+    a = 16384.0 * k
+    p = 989.4e12 * float(me.compute_eff)
+    want = 2 * a * h * i * 2 / (p * h / (h + 100.0)) + 2 * a * i * h / (p * i / (i + 100.0))
+    with_k = lambda v: eqx.tree_at(lambda x: x.accel.eff.moe.k_half_elems, hw, jnp.asarray(v))
+    cost = lambda hw_: moe_layer_cost(hw_, 16384.0, h, i, e, k, 1.0, 1.0, "bf16").compute_s
+    np.testing.assert_allclose(cost(with_k(100.0)), want, rtol=1e-6)
+    dense = eqx.tree_at(lambda x: x.accel.eff.gemm.k_half_elems, with_k(100.0), jnp.asarray(5e3))
+    np.testing.assert_allclose(cost(dense), cost(with_k(100.0)), rtol=1e-12)
+    np.testing.assert_allclose(cost(with_k(0.0)), 2 * a * h * i * 3 / p, rtol=1e-12)
+
+
+def test_weight_only_large_row_tile(hw):
+    # H100's weight-only grouped GEMM pads the rows per expert to wo_tile_m_elems = 32 up to
+    # 32 rows and to wo_tile_m_large_elems = 128 above. gpt-oss (E = 128, k = 4) balanced on
+    # one rank: m_e = T*k/E = T/32 rows on every expert, the tensor-core time is
+    # c(T) ∝ T/η_tile with η_tile = m_e/(ceil(m_e/tile)*tile):
+    #   T = 1024: m_e = 32,  tile 32,  η = 1     -> c ∝ 1024
+    #   T = 1536: m_e = 48,  tile 128, η = 3/8   -> c ∝ 4096
+    #   T = 4096: m_e = 128, tile 128, η = 1     -> c ∝ 4096
+    # so 48 to 128 rows cost one 128-row tile: c(1536) = c(4096) = 4*c(1024). Without the
+    # switch (large tile = 32) 48 rows pad to 64: c(1536) = 1536/(48/64) = 2*1024.
+    me = hw.accel.eff.moe
+    assert (float(me.wo_tile_m_elems), float(me.wo_tile_m_large_elems)) == (32.0, 128.0)
+    c = lambda hw_, t: float(
+        moe_layer_cost(hw_, t, 2880.0, 2880.0, 128.0, 4.0, 1.0, 1.0, "w4a16_mxfp4").compute_s
+    )
+    np.testing.assert_allclose(c(hw, 1536.0), 4 * c(hw, 1024.0), rtol=1e-12)
+    np.testing.assert_allclose(c(hw, 4096.0), 4 * c(hw, 1024.0), rtol=1e-12)
+    one = eqx.tree_at(lambda x: x.accel.eff.moe.wo_tile_m_large_elems, hw, jnp.asarray(32.0))
+    np.testing.assert_allclose(c(one, 1536.0), 2 * c(one, 1024.0), rtol=1e-12)
+    # the switch is a step in the padding only: gradients stay finite on both sides of it
+    g = jax.grad(
+        lambda t: moe_layer_cost(hw, t, 2880.0, 2880.0, 128.0, 4.0, 1.0, 1.0, "w4a16_mxfp4").time_s
+    )
+    assert all(np.isfinite(float(g(t))) for t in (1024.0, 1025.0, 1536.0))
 
 
 def test_balanced_load_by_ep(hw):

@@ -193,6 +193,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "block_compute_eff": _U,
         "block_expert_s": _P,
         "block_act_passes": _P,
+        "k_half_elems": _P,
     },
     "comm": {
         "base_latency_s": _P,

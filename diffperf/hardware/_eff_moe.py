@@ -24,6 +24,9 @@ class MoEEfficiency(eqx.Module):
     - ``tile_m_elems``: row tile of the grouped GEMM (small-m MoE kernels use a small row
       tile or swap A/B); rows per expert are padded to it.
     - ``wo_tile_m_elems``: row tile of the weight-only (mixed-input) grouped GEMM.
+    - ``wo_tile_m_large_elems``: the weight-only grouped GEMM's row tile once the rows per
+      expert exceed ``wo_tile_m_elems`` (H100's kernel switches from 32- to 128-row tiles;
+      equal to ``wo_tile_m_elems`` where the kernel keeps one tile).
     - ``imbalance``: load factor (>= 1) of the busiest of many ranks under balanced routing
       (``1 + (imbalance − 1)(1 − 1/ep)`` for ``ep`` ranks: exactly 1 on a single rank).
     - ``skew_load_exponent``: skewed routing loads the busiest rank by ``λ_skew ** exponent``,
@@ -43,6 +46,11 @@ class MoEEfficiency(eqx.Module):
       each, at ``act_mem_eff``) in the block-scaled MoE path (1×128 quantisation of the
       expanded rows and the layout of their scales).
     - ``wo_assign_s``: extra time per assignment on the weight-only path (s).
+    - ``k_half_elems``: reduction length at which the grouped GEMMs reach half of their
+      rate, ``k/(k + k_half_elems)`` (``k``: the gate/up GEMM's ``H``, the down GEMM's
+      ``I/tp``); the grouped kernels' own value, not the dense GEMMs'
+      ``eff.gemm.k_half_elems`` (0 = no short-reduction penalty: hopper and blackwell, whose
+      MoE layers show none).
     """
 
     compute_eff: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -59,6 +67,8 @@ class MoEEfficiency(eqx.Module):
     weight_half_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
     act_mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     wo_tile_m_elems: FloatScalarLike = eqx.field(converter=as_float_array)
+    wo_tile_m_large_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     block_compute_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     block_expert_s: FloatScalarLike = eqx.field(converter=as_float_array)
     block_act_passes: FloatScalarLike = eqx.field(converter=as_float_array)
+    k_half_elems: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -175,7 +175,14 @@ _FRACTION_MAY_BE_ZERO = frozenset(
 # factors of one collective relative to another (``*_bw_factor``; 0 would make it free):
 # strictly positive. The LL combine's factor is a fraction of its dispatch's bandwidth.
 _POSITIVE_STRUCTURE = frozenset(
-    {"tile_m_elems", "tile_n_elems", "num_tile_slots", "split_k_elems", "wo_tile_m_elems"}
+    {
+        "tile_m_elems",
+        "tile_n_elems",
+        "num_tile_slots",
+        "split_k_elems",
+        "wo_tile_m_elems",
+        "wo_tile_m_large_elems",
+    }
 )
 _POSITIVE_FACTOR = re.compile(r"_bw_factor$")
 _FRACTION_NAMES = frozenset({"ll_combine_bw_factor"})
@@ -191,6 +198,8 @@ def _efficiency_value(path: Path, family: str, name: str, value) -> float:
             raise PresetError(f"{path}: {where} = {value!r} must be a fraction in {low}, 1]")
     if (name in _POSITIVE_STRUCTURE or _POSITIVE_FACTOR.search(name)) and v == 0:
         raise PresetError(f"{path}: {where} = {value!r} must be a finite positive number")
+    if name == "overlap_p" and v < 1:  # p-norm of two legs: 1 = in series, larger = overlap
+        raise PresetError(f"{path}: {where} = {value!r} must be a p-norm exponent >= 1")
     return v
 
 

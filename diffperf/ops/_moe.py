@@ -24,12 +24,14 @@ bytes and ``w`` the weight bytes per element:
   ``η = moe.compute_eff · [moe.block_compute_eff] · η_tile(m_e) · [moe.wo_compute_eff]`` of the
   format's dense peak ``P`` (grouped expert GEMMs are their own kernels: their fraction of
   peak is fitted on MoE layers, not inherited from dense GEMMs),
-  ``η_k(k) = k/(k + eff.gemm.k_half_elems)`` (short reductions, e.g. the down GEMM at high
-  TP) and ``η_tile`` the padding of the rows per touched expert ``m_e = A/(λ_bal·E_t)`` (the
-  balanced part ``λ_bal = 1 + (imbalance − 1)(1 − 1/ep)`` of the load factor left out: balanced
-  routing gives each expert exactly ``T·k/E`` rows) to the
-  grouped GEMM's ``moe.tile_m_elems``, or ``moe.wo_tile_m_elems`` for weight-only kernels
-  (they dequantise each weight tile once per row tile, which this padding charges);
+  ``η_k(k) = k/(k + moe.k_half_elems)`` (short reductions, e.g. the down GEMM at high TP;
+  the grouped kernels' own value: fitted on H100 and B200 MoE layers it is ~4 elements, next
+  to none, where the dense GEMMs' is ~340) and ``η_tile`` the padding of the rows per touched
+  expert ``m_e = A/(λ_bal·E_t)`` (the balanced part ``λ_bal = 1 + (imbalance − 1)(1 − 1/ep)``
+  of the load factor left out: balanced routing gives each expert exactly ``T·k/E`` rows) to
+  the grouped GEMM's ``moe.tile_m_elems``; weight-only kernels (they dequantise each weight
+  tile once per row tile, which this padding charges) pad to ``moe.wo_tile_m_elems`` up to
+  that many rows and to ``moe.wo_tile_m_large_elems`` above (H100: 32, then 128 rows);
 - activation traffic of the separate expand / activation / finalize kernels, additive, at
   their own bandwidth fraction (gathers and scatters of token rows):
   ``A·(H·(2 + a + 4) + I_r·(2(g−1) + 2 + a)) / (bw·act_mem_eff)``;
@@ -179,7 +181,6 @@ def moe_layer_cost(
     **Returns:** an :class:`OpCost` (``compute_s``: tensor-core time; ``memory_s``: weight
     stream plus activation traffic; ``time_s`` also holds routing).
     """
-    ge = hw.accel.eff.gemm
     me = hw.accel.eff.moe
     fmt = get_format(dtype)
     t = jnp.asarray(tokens, dtype=float)
@@ -219,6 +220,8 @@ def moe_layer_cost(
     # exactly T·k/E rows, and a factor a hair above 1 must not spill a padded tile
     m_e = safe_div(safe_div(assign, balanced_load), touched)
     tile_m = me.wo_tile_m_elems if fmt.weight_only else me.tile_m_elems
+    if fmt.weight_only:  # a larger row tile once the rows per expert outgrow the small one
+        tile_m = jnp.where(m_e > me.wo_tile_m_elems, me.wo_tile_m_large_elems, tile_m)
     tile_eff = safe_div(m_e, ceil_div(m_e, tile_m) * tile_m)
     eff = me.compute_eff * tile_eff
     block_scaled = dtype == "fp8_block"  # its own kernel path (module docstring)
@@ -229,8 +232,8 @@ def moe_layer_cost(
     peak = hw.accel.peak_flop_per_s(dtype) * eff
     flop_up = 2.0 * assign * h * i_r * (g - 1.0)
     flop_down = 2.0 * assign * i_r * h
-    compute_s = safe_div(flop_up, peak * saturating(h, ge.k_half_elems)) + safe_div(
-        flop_down, peak * saturating(i_r, ge.k_half_elems)
+    compute_s = safe_div(flop_up, peak * saturating(h, me.k_half_elems)) + safe_div(
+        flop_down, peak * saturating(i_r, me.k_half_elems)
     )
     expert_bytes = g * h * i_r * w_b
     w_bytes = touched * expert_bytes
