@@ -27,10 +27,10 @@ bytes and ``w`` the weight bytes per element:
   ``η_k(k) = k/(k + moe.k_half_elems)`` (short reductions, e.g. the down GEMM at high TP;
   the grouped kernels' own value: fitted free on H100 and B200 MoE layers it falls to ~1
   element, so those profiles set 0, where the dense GEMMs' is ~340) and ``η_tile`` the
-  padding of the rows per touched
-  expert ``m_e = A/(λ_bal·E_t)`` (the balanced part ``λ_bal = 1 + (imbalance − 1)(1 − 1/ep)``
-  of the load factor left out: balanced routing gives each expert exactly ``T·k/E`` rows) to
-  the grouped GEMM's ``moe.tile_m_elems``; weight-only kernels (they dequantise each weight
+  padding of the rows per touched expert ``m_e = A/(λ_bal·E_t)`` (the balanced part
+  ``λ_bal = 1 + (imbalance − 1)(1 − 1/ep)`` of the load factor left out: balanced routing
+  gives each expert exactly ``T·k/E`` rows) to the grouped GEMM's ``moe.tile_m_elems``;
+  weight-only kernels (they dequantise each weight
   tile once per row tile, which this padding charges) pad to ``moe.wo_tile_m_elems`` up to
   that many rows and to ``moe.wo_tile_m_large_elems`` above (H100: 32, then 128 rows);
 - activation traffic of the separate expand / activation / finalize kernels, additive, at
