@@ -30,9 +30,9 @@ bytes and ``w`` the weight bytes per element:
   padding of the rows per touched expert ``m_e = A/(λ_bal·E_t)`` (the balanced part
   ``λ_bal = 1 + (imbalance − 1)(1 − 1/ep)`` of the load factor left out: balanced routing
   gives each expert exactly ``T·k/E`` rows) to the grouped GEMM's ``moe.tile_m_elems``;
-  weight-only kernels (they dequantise each weight
-  tile once per row tile, which this padding charges) pad to ``moe.wo_tile_m_elems`` up to
-  that many rows and to ``moe.wo_tile_m_large_elems`` above (H100: 32, then 128 rows);
+  weight-only kernels (they dequantise each weight tile once per row tile, which this
+  padding charges) pad to ``moe.wo_tile_m_elems`` up to that many rows and to
+  ``moe.wo_tile_m_large_elems`` above (H100: 32, then 128 rows);
 - activation traffic of the separate expand / activation / finalize kernels, additive, at
   their own bandwidth fraction (gathers and scatters of token rows):
   ``A·(H·(2 + a + 4) + I_r·(2(g−1) + 2 + a)) / (bw·act_mem_eff)``;
