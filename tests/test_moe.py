@@ -172,19 +172,32 @@ def test_weight_only_row_tile(hw):
 
 
 def test_weight_only_path_cost(hw):
-    # w4a16 adds wo_fixed_s + wo_assign_s*T*k to the routing chain (module docstring); with
-    # those two set to zero the rest of the layer is unchanged, so the difference at T=16,
-    # k=4 is exactly wo_fixed_s + 64*wo_assign_s.
+    # w4a16 adds wo_fixed_s*T/(T + wo_fixed_tokens_half) + wo_assign_s*T*k to the routing chain
+    # (module docstring); with wo_fixed_s and wo_assign_s set to zero the rest of the layer is
+    # unchanged, so the difference at T tokens, k = 4, is exactly that sum. hopper's grow-in
+    # half is h = 1.495 tokens: at T = h the fixed part is wo_fixed_s/2, at T = 16 it is
+    # wo_fixed_s*16/17.495 (0.915 of it); with h = 0 it is the whole wo_fixed_s at one token.
     me = hw.accel.eff.moe
+    h = float(me.wo_fixed_tokens_half)
+    assert h == pytest.approx(1.495) and float(me.wo_fixed_s) > 0
     hw0 = eqx.tree_at(
-        lambda h: (h.accel.eff.moe.wo_fixed_s, h.accel.eff.moe.wo_assign_s),
+        lambda x: (x.accel.eff.moe.wo_fixed_s, x.accel.eff.moe.wo_assign_s),
         hw,
         (jnp.asarray(0.0), jnp.asarray(0.0)),
     )
-    args = (16.0, 2880.0, 2880.0, 128.0, 4.0, 1.0, 2.0, "w4a16_mxfp4")
-    d = moe_layer_cost(hw, *args).time_s - moe_layer_cost(hw0, *args).time_s
-    np.testing.assert_allclose(d, float(me.wo_fixed_s) + 64 * float(me.wo_assign_s), rtol=1e-9)
-    assert float(me.wo_fixed_s) > 0
+    no_ramp = eqx.tree_at(lambda x: x.accel.eff.moe.wo_fixed_tokens_half, hw, jnp.asarray(0.0))
+    no_ramp0 = eqx.tree_at(lambda x: x.accel.eff.moe.wo_fixed_tokens_half, hw0, jnp.asarray(0.0))
+    shape = (2880.0, 2880.0, 128.0, 4.0, 1.0, 2.0, "w4a16_mxfp4")
+    d = lambda a, b, t: float(
+        moe_layer_cost(a, t, *shape).time_s - moe_layer_cost(b, t, *shape).time_s
+    )
+    fixed, per = float(me.wo_fixed_s), float(me.wo_assign_s)
+    np.testing.assert_allclose(d(hw, hw0, 16.0), fixed * 16 / (16 + h) + 64 * per, rtol=1e-9)
+    np.testing.assert_allclose(d(hw, hw0, h), fixed / 2 + 4 * h * per, rtol=1e-9)
+    np.testing.assert_allclose(d(no_ramp, no_ramp0, 1.0), fixed + 4 * per, rtol=1e-9)
+    # the grow-in's gradient in the tokens is finite at one token and at the switch h = 0
+    g = jax.grad(lambda t: moe_layer_cost(no_ramp, t, *shape).time_s)(1.0)
+    assert np.isfinite(float(g))
 
 
 def test_block_scaled_path_cost(hw):

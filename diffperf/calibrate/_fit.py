@@ -194,6 +194,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "block_expert_s": _P,
         "block_act_passes": _P,
         "k_half_elems": _P,
+        "wo_fixed_tokens_half": _P,
     },
     "comm": {
         "base_latency_s": _P,

@@ -37,6 +37,9 @@ class MoEEfficiency(eqx.Module):
     - ``wo_compute_eff``: fraction of the bf16 MoE compute efficiency that weight-only
       (``w4a16_*``, ``int8_wo``) grouped GEMMs keep (dequantisation in the main loop).
     - ``wo_fixed_s``: extra fixed time of the weight-only MoE kernel path (s).
+    - ``wo_fixed_tokens_half``: tokens at which that extra time reaches half of
+      ``wo_fixed_s`` (``T/(T + wo_fixed_tokens_half)``: the path's extra kernels grow in
+      with the tokens); 0 = the whole ``wo_fixed_s`` from one token.
     - ``block_compute_eff``: fraction of the MoE compute rate that block-scaled
       (``fp8_block``) grouped GEMMs keep (per-block scale promotion in the main loop; the
       grouped kernels' own figure, not the dense ``eff.gemm.block_scale_eff``).
@@ -72,3 +75,4 @@ class MoEEfficiency(eqx.Module):
     block_expert_s: FloatScalarLike = eqx.field(converter=as_float_array)
     block_act_passes: FloatScalarLike = eqx.field(converter=as_float_array)
     k_half_elems: FloatScalarLike = eqx.field(converter=as_float_array)
+    wo_fixed_tokens_half: FloatScalarLike = eqx.field(converter=as_float_array)

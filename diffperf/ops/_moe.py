@@ -38,7 +38,9 @@ bytes and ``w`` the weight bytes per element:
   ``A·(H·(2 + a + 4) + I_r·(2(g−1) + 2 + a)) / (bw·act_mem_eff)``;
 - routing, additive: ``routing_s + assign_s·T·k + permute_passes·T·H·2/(bw·act_mem_eff)``
   (top-k, sort and scatter of all ``T·k`` assignments, passes over the bf16 token rows);
-  weight-only formats add ``wo_fixed_s + wo_assign_s·T·k`` (their separate kernel path);
+  weight-only formats add ``wo_fixed_s·T/(T + wo_fixed_tokens_half) + wo_assign_s·T·k``
+  (their separate kernel path, whose extra fixed time grows in over the first tokens: on
+  H100 half of it at 1.5 tokens);
 - block-scaled (``fp8_block``) layers add ``block_expert_s·E_r`` (set-up paid for every
   expert held on the rank, touched or not: DeepSeek-V3 with all 256 experts on one rank
   takes ~110 µs at one token on H100 and B200, against ~40 µs with 4-16 experts per rank)
@@ -249,7 +251,9 @@ def moe_layer_cost(
     tok_bytes = me.permute_passes * t * h * 2.0
     route_s = me.routing_s + me.assign_s * t * k
     if fmt.weight_only:
-        route_s = route_s + me.wo_fixed_s + me.wo_assign_s * t * k
+        half = me.wo_fixed_tokens_half
+        grow_in = jnp.where(half > 0.0, safe_div(t, t + half), 1.0)
+        route_s = route_s + me.wo_fixed_s * grow_in + me.wo_assign_s * t * k
     if block_scaled:  # per-expert set-up, for every expert the rank holds
         route_s = route_s + me.block_expert_s * e_r
     bytes_ = w_bytes + act_bytes + tok_bytes
