@@ -222,9 +222,11 @@ def moe_layer_cost(
     # padding leave out the balanced straggler factor: balanced routing gives every expert
     # exactly T·k/E rows, and a factor a hair above 1 must not spill a padded tile
     m_e = safe_div(safe_div(assign, balanced_load), touched)
-    tile_m = me.wo_tile_m_elems if fmt.weight_only else me.tile_m_elems
-    if fmt.weight_only:  # a larger row tile once the rows per expert outgrow the small one
-        tile_m = jnp.where(m_e > me.wo_tile_m_elems, me.wo_tile_m_large_elems, tile_m)
+    if fmt.weight_only:  # the small row tile up to its size, the large one above
+        small = me.wo_tile_m_elems
+        tile_m = jnp.where(m_e > small, me.wo_tile_m_large_elems, small)
+    else:
+        tile_m = me.tile_m_elems
     tile_eff = safe_div(m_e, ceil_div(m_e, tile_m) * tile_m)
     eff = me.compute_eff * tile_eff
     block_scaled = dtype == "fp8_block"  # its own kernel path (module docstring)
@@ -252,7 +254,7 @@ def moe_layer_cost(
     route_s = me.routing_s + me.assign_s * t * k
     if fmt.weight_only:
         half = me.wo_fixed_tokens_half
-        grow_in = jnp.where(half > 0.0, safe_div(t, t + half), 1.0)
+        grow_in = jnp.where(half > 0.0, saturating(t, half), 1.0)
         route_s = route_s + me.wo_fixed_s * grow_in + me.wo_assign_s * t * k
     if block_scaled:  # per-expert set-up, for every expert the rank holds
         route_s = route_s + me.block_expert_s * e_r
