@@ -198,6 +198,62 @@ def test_recovers_moe_parameters():
     assert res.train_errors[0]["median_abs_rel_err"] < 0.015
 
 
+# Block-scaled GEMM terms, all neutral (0 or 1) in the blackwell hand profile, and a faster
+# fp4 main loop (0.296 there), so that the fp4 k-pace floor binds at small m as on B200
+# (at 0.296 a padded tile's compute already takes 1.8 ns per k).
+TRUTH_BLOCK = {
+    ("gemm", "compute_eff_fp4"): 0.45,
+    ("gemm", "group_quant_passes"): 1.2,
+    ("gemm", "block_tile_k_s"): 1.2e-9,
+    ("gemm", "fp4_tile_k_s"): 1.9e-9,
+    ("gemm", "unaligned_row_k_s"): 1.0e-11,
+    ("gemm", "scaled_wave_tail_share"): 0.5,
+}
+
+
+def test_recovers_block_scaled_gemm_terms():
+    """fp8_block and nvfp4 GEMMs (six (n, k) shapes, m = 1 .. 16384 with unaligned m) on a
+    B200 whose block-scaled terms are TRUTH_BLOCK, 1% noise, fitted from the blackwell hand
+    profile (where all five are off): the activation-quantisation pass is told apart from
+    the memory leg by its m·k (not k·n) bytes, the k-pace floors by the small-m rows of each
+    k, the padding time by the unaligned m, the partial-wave share by tile counts between
+    whole waves of 148 slots."""
+    hw0 = load_hardware("b200-sxm")
+    hw_true = with_efficiency(hw0, TRUTH_BLOCK)
+    ms = (1, 16, 64, 96, 129, 200, 256, 300, 640, 1000, 1024, 2048, 2100, 4096, 16384)
+    rows = [
+        (dt, m, n, k)
+        for dt in ("fp8_block", "nvfp4")
+        for n, k in (
+            (1536, 7168),
+            (2048, 2048),
+            (4096, 4096),
+            (5120, 16384),
+            (8192, 1024),
+            (24576, 1536),
+        )
+        for m in ms
+    ]
+    cols = {
+        "device": np.array(["synthetic"] * len(rows)),
+        "op": np.array(["gemm"] * len(rows)),
+        "dtype": np.array([r[0] for r in rows]),
+        "m": np.array([r[1] for r in rows], dtype=float),
+        "n": np.array([r[2] for r in rows], dtype=float),
+        "k": np.array([r[3] for r in rows], dtype=float),
+    }
+    t = predict_table(hw_true, cols)
+    cols["latency_s"] = t * np.exp(0.01 * np.random.default_rng(1).standard_normal(t.size))
+    res = fit_efficiency(hw0, cols, FitConfig(steps=1000, families=("gemm",)))
+    got = _values(res)
+    for key, true in TRUTH_BLOCK.items():
+        p = got[key]
+        if key[1] != "compute_eff_fp4":
+            assert p.prior in (0.0, 1.0), key  # neutral in the hand profile
+        assert abs(p.value - true) < 3 * p.std + 0.05 * true, (key, p.value, p.std)
+    assert res.train_errors[0]["median_abs_rel_err"] < 0.015
+
+
 TRUTH_MLA = {
     ("attention", "mla_module_launch_overlap"): 0.4,
     ("attention", "mla_module_fixed_s"): 3.0e-6,

@@ -296,3 +296,149 @@ def test_partial_wave_share(hw):
     check_grads(lambda c: time_s(c, 640.0), (jnp.asarray(0.4),), order=1, modes=["rev"])
     assert float(jax.grad(time_s)(jnp.asarray(0.4), 640.0)) > 0
     assert float(jax.grad(time_s)(jnp.asarray(0.4), 4224.0)) == 0.0
+
+
+def _with_gemm(hw, **fields):
+    names = tuple(fields)
+    return eqx.tree_at(
+        lambda h: tuple(getattr(h.accel.eff.gemm, f) for f in names),
+        hw,
+        tuple(jnp.asarray(v) for v in fields.values()),
+    )
+
+
+def test_group_quantisation_pass(hw):
+    """``group_quant_passes`` p adds, to group-scaled formats only, p memory passes that read
+    the bf16 activations and write the quantised copy: ``p · m k (2 + a) / (bw · η_m)`` with
+    ``a`` the format's activation bytes (fp8_block 1 + 4/128, nvfp4 0.5625, mxfp4 0.53125)
+    and ``η_m = mem_eff · q/(q + B½)`` at those ``q`` bytes. Per-tensor formats keep their
+    own ``act_quant_passes``; bf16 and weight-only formats quantise nothing. The hand
+    profiles have p = 0 (fused), the calibrated presets fit ~1 (H100 1.2, B200 1.1)."""
+    e = hw.accel.eff.gemm
+    assert float(e.group_quant_passes) == 0.0
+    on = _with_gemm(hw, group_quant_passes=1.5)
+    bw = 3.35e12  # H100-SXM HBM3
+    m, n, k = 300.0, 4096.0, 7168.0
+    for dtype, a in [("fp8_block", 1 + 4 / 128), ("nvfp4", 0.5625), ("mxfp4", 0.53125)]:
+        q = m * k * (2.0 + a)
+        eta = float(e.mem_eff) * q / (q + float(e.mem_half_bytes))
+        want = 1.5 * q / (bw * eta)
+        d = gemm_cost(on, m, n, k, dtype).time_s - gemm_cost(hw, m, n, k, dtype).time_s
+        assert float(d) == pytest.approx(want, rel=1e-9), dtype
+    for dtype in ("bf16", "fp8", "int8", "w4a16_mxfp4"):
+        d = gemm_cost(on, m, n, k, dtype).time_s - gemm_cost(hw, m, n, k, dtype).time_s
+        assert float(d) == 0.0, dtype
+    # the gradient with respect to p is the one pass's time
+    g = jax.grad(
+        lambda p: gemm_cost(_with_gemm(hw, group_quant_passes=p), m, n, k, "fp8_block").time_s
+    )(jnp.asarray(1.0))
+    q = m * k * (3.0 + 4 / 128)
+    want = q / (bw * float(e.mem_eff) * q / (q + float(e.mem_half_bytes)))
+    assert float(g) == pytest.approx(want, rel=1e-6)
+
+
+def test_unaligned_padding_time(hw):
+    """``unaligned_row_k_s`` c charges fp8_block's unaligned-row path ``W · pad · k · c``:
+    ``pad = ⌈m/128⌉·128 − m`` padding rows, ``W = ⌈tiles/132⌉`` whole waves of 128x128 tiles.
+
+    m=129, n=1536, k=7168: 2 x 12 = 24 tiles, one wave, 127 padding rows ->
+    127 · 7168 · 2e-11 s = 18.207 us (H100 measured: 38.9 us at m=129, 18.3 us at m=256).
+    m=129, n=51200, k=5120: 2 x 400 = 800 tiles = 6.06 waves -> 7; 7 · 127 · 5120 · 2e-11.
+    m=200: 56 padding rows. Aligned m, m <= 64 (the small-m kernel), a relaxed m within half
+    a row of alignment and other formats pay nothing.
+    """
+    c = 2e-11
+    on = _with_gemm(hw, unaligned_row_k_s=c)
+
+    def extra(m, n, k, dtype="fp8_block"):
+        return float(gemm_cost(on, m, n, k, dtype).time_s - gemm_cost(hw, m, n, k, dtype).time_s)
+
+    assert extra(129.0, 1536.0, 7168.0) == pytest.approx(127 * 7168 * c, rel=1e-9)
+    assert extra(129.0, 51200.0, 5120.0) == pytest.approx(7 * 127 * 5120 * c, rel=1e-9)
+    assert extra(200.0, 1536.0, 7168.0) == pytest.approx(56 * 7168 * c, rel=1e-9)
+    for m in (128.0, 256.0, 64.0, 33.0, 255.6):
+        assert extra(m, 1536.0, 7168.0) == 0.0, m
+    for dtype in ("fp8", "bf16", "nvfp4"):
+        assert extra(129.0, 1536.0, 7168.0, dtype) == 0.0, dtype
+
+    # gradients: d/dc = W · pad · k exactly. In m the ceilings are straight-through: the
+    # padding ⌈m/128⌉·128 - m has slope 0 (its mean over a tile does not move with m) and the
+    # waves ⌈tiles/132⌉ slope 12/(128·132) (12 columns of tiles), so at m = 160 (96 padding
+    # rows) d(extra)/dm = 96 · 7168 · c · 12/(128 · 132)
+    g = jax.grad(
+        lambda v: (
+            gemm_cost(
+                _with_gemm(hw, unaligned_row_k_s=v), 129.0, 1536.0, 7168.0, "fp8_block"
+            ).time_s
+        )
+    )(jnp.asarray(c))
+    assert float(g) == pytest.approx(127 * 7168, rel=1e-9)
+
+    def dt_dm(h, m):
+        return jax.grad(lambda x: gemm_cost(h, x, 1536.0, 7168.0, "fp8_block").time_s)(m)
+
+    d = dt_dm(on, jnp.asarray(160.0)) - dt_dm(hw, jnp.asarray(160.0))
+    assert float(d) == pytest.approx(96 * 7168 * c * 12 / (128 * 132), rel=1e-9)
+
+
+def test_block_kernel_k_pace_floor():
+    """Block-scaled kernels walk the whole k per column of output tiles (no split-k): their
+    compute leg is at least ``⌈⌈n/128⌉/S⌉ · k · pace`` (``fp4_tile_k_s`` for fp4 formats,
+    ``block_tile_k_s`` for fp8_block). B200: 148 slots.
+
+    nvfp4 m=1, n=k=2048: 16 columns, one wave -> 2048 · 4e-9 = 8.19 us, above the padded-
+    tile compute time (2·128·2048·2048 / (9e15 · 0.296 · (16/148) · η_k) = 4.15 us), so
+    the floor is the leg. n=51200: 400 columns = 2.7 waves -> 3 · 2048 · 4e-9.
+    m=16384, n=k=8192 (compute-bound full tiles): the floor (8192 · 4e-9 = 33 us) is far
+    below the compute leg (~0.6 ms) and changes nothing. bf16 and fp8 have no floor.
+    """
+    b200 = load_hardware("b200-sxm")
+    e = b200.accel.eff.gemm
+    assert float(e.fp4_tile_k_s) == float(e.block_tile_k_s) == 0
+    pace = 4e-9
+    cases = [("fp4_tile_k_s", "nvfp4", b200), ("block_tile_k_s", "fp8_block", b200)]
+    for field, dtype, hw_ in cases:
+        on = _with_gemm(hw_, **{field: pace})
+        base = gemm_cost(hw_, 1.0, 2048.0, 2048.0, dtype).compute_s
+        assert float(base) < 2048 * pace
+        got = gemm_cost(on, 1.0, 2048.0, 2048.0, dtype).compute_s
+        assert float(got) == pytest.approx(2048 * pace, rel=1e-12), dtype
+        got = gemm_cost(on, 1.0, 51200.0, 2048.0, dtype).compute_s
+        assert float(got) == pytest.approx(
+            max(3 * 2048 * pace, float(gemm_cost(hw_, 1.0, 51200.0, 2048.0, dtype).compute_s)),
+            rel=1e-12,
+        ), dtype
+        big = [gemm_cost(h, 16384.0, 8192.0, 8192.0, dtype).time_s for h in (on, hw_)]
+        assert float(big[0]) == float(big[1]), dtype
+        # the other pace field does not act on this format
+        other = "block_tile_k_s" if field == "fp4_tile_k_s" else "fp4_tile_k_s"
+        off = _with_gemm(hw_, **{other: pace})
+        assert float(gemm_cost(off, 1.0, 2048.0, 2048.0, dtype).compute_s) == float(base)
+        # where the floor binds, d(time)/d(pace) = waves · k
+        g = jax.grad(
+            lambda p: gemm_cost(_with_gemm(hw_, **{field: p}), 1.0, 2048.0, 2048.0, dtype).time_s
+        )(jnp.asarray(pace))
+        assert float(g) == pytest.approx(2048.0, rel=1e-9), dtype
+    on = _with_gemm(b200, fp4_tile_k_s=pace, block_tile_k_s=pace)
+    for dtype in ("bf16", "fp8"):
+        a, b = (gemm_cost(h, 1.0, 2048.0, 2048.0, dtype).time_s for h in (on, b200))
+        assert float(a) == float(b), dtype
+
+
+def test_block_scaled_partial_wave_share(hw):
+    """``scaled_wave_tail_share`` is the partial-wave share of the block-scaled kernels
+    (fp8_block, fp4), as ``wave_tail_share`` is of the others (see test_partial_wave_share):
+    m=640, n=4096, k=7168 on B200 is 160 tiles over 148 slots; share 1 (hand profiles) ->
+    wave_eff 160/296, share 0 -> 1, share 0.5 -> 160/(160 + 0.5·136). bf16 ignores it."""
+    b200 = load_hardware("b200-sxm")
+    n, k = 4096.0, 7168.0
+    for h, dtype, slots in [(b200, "nvfp4", 148), (b200, "fp8_block", 148), (hw, "fp8_block", 132)]:
+        assert float(h.accel.eff.gemm.scaled_wave_tail_share) == 1.0
+        base = gemm_compute_eff(h, 640.0, n, k, dtype)
+        whole = 160 / (2 * slots)
+        for c in (0.0, 0.5):
+            got = gemm_compute_eff(_with_gemm(h, scaled_wave_tail_share=c), 640.0, n, k, dtype)
+            want = 160 / (160 + c * (2 * slots - 160))
+            assert float(got / base) == pytest.approx(want / whole, rel=1e-12), (dtype, c)
+    got = gemm_compute_eff(_with_gemm(b200, scaled_wave_tail_share=0.0), 640.0, n, k, "bf16")
+    assert float(got) == float(gemm_compute_eff(b200, 640.0, n, k, "bf16"))

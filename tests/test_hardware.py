@@ -122,6 +122,14 @@ def test_user_toml_inherit(tmp_path):
             r"efficiency.gemm.wave_tail_share = 1.5 must be a fraction in \[0, 1\]",
         ),
         (
+            'inherit = "h100-sxm"\n[efficiency.gemm]\nscaled_wave_tail_share = 1.5\n',
+            r"efficiency.gemm.scaled_wave_tail_share = 1.5 must be a fraction in \[0, 1\]",
+        ),
+        (
+            'inherit = "h100-sxm"\n[efficiency.gemm]\nfp4_tile_k_s = -1e-9\n',
+            "efficiency.gemm.fp4_tile_k_s = -1e-09 must be a finite non-negative number",
+        ),
+        (
             'inherit = "h100-sxm"\n[efficiency.moe]\nwo_tile_m_elems = 0.0\n',
             "efficiency.moe.wo_tile_m_elems = 0.0 must be a finite positive number",
         ),

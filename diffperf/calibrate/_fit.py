@@ -111,7 +111,9 @@ _U, _P, _G = "unit", "pos", "ge1"
 
 # Fixed costs, ramp sizes and shares that a profile may leave out (0 = not modelled there;
 # most profiles are transferred, not fitted) but a fit may switch on: the fit starts them at a
-# kernel launch (1 us), a small transfer (100 KB), a per-row time (1 ns), half (a share of
+# kernel launch (1 us), a small transfer (100 KB), a per-row time (1 ns), a GEMM k-pace floor
+# (3 ns per element: above every measured pace, so it binds at small m and the fit lowers it),
+# a padding time (10 ps per row per k), half a quantisation pass, half (a share of
 # hidden launch time) or, for the all-to-all channel ceiling, 1e11 B/s (below every measured
 # NVLink all-to-all rate, so it binds at the start and the fit raises it to where the data
 # put it) instead of keeping them at 0. Rows that do not exercise one (e.g. no fp4
@@ -120,6 +122,10 @@ START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("gemm", "scaled_launch_s"): 1e-6,
     ("gemm", "quant_launch_s"): 1e-6,
     ("gemm", "fp4_launch_s"): 1e-6,
+    ("gemm", "unaligned_row_k_s"): 1e-11,
+    ("gemm", "group_quant_passes"): 0.5,
+    ("gemm", "fp4_tile_k_s"): 3e-9,
+    ("gemm", "block_tile_k_s"): 3e-9,
     ("moe", "weight_half_bytes"): 1e5,
     ("moe", "block_expert_s"): 1e-7,
     ("moe", "block_act_passes"): 0.5,
@@ -137,16 +143,21 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "compute_eff_fp32": _U,
         "block_scale_eff": _U,
         "unaligned_m_eff": _U,
+        "unaligned_row_k_s": _P,
         "wave_tail_share": _U,
+        "scaled_wave_tail_share": _U,
         "dequant_eff": _U,
         "mem_eff": _U,
         "mem_half_bytes": _P,
         "k_half_elems": _P,
         "act_quant_passes": _P,
+        "group_quant_passes": _P,
         "launch_s": _P,
         "scaled_launch_s": _P,
         "quant_launch_s": _P,
         "fp4_launch_s": _P,
+        "fp4_tile_k_s": _P,
+        "block_tile_k_s": _P,
     },
     "attention": {
         "prefill_eff_bf16": _U,

@@ -18,6 +18,13 @@ class GemmEfficiency(eqx.Module):
       multiple of the row tile (``m mod tile_m_elems != 0``, beyond half a tile): Hopper
       block-scaled kernels take a slower path for unaligned rows (measured on H100, 1536 x
       7168: m = 129 takes 2.1x the time of m = 256). 1 = no such path.
+    - ``unaligned_row_k_s``: time of that slower path that grows with the padding: seconds per
+      padding row of the last row tile, per reduction element, per wave of tiles
+      (``fp8_block`` only, same condition as ``unaligned_m_eff``). H100 DeepGEMM-style kernels
+      pay ~22 ps per row per k: 1536 x 7168 at m = 129 (127 padding rows, one wave) takes
+      38.9 us, at m = 256 (aligned) 18.3 us; the excess falls linearly with the padding and
+      is k times a constant over k = 2048 .. 16384, times the waves (51200 x 5120: 7 waves,
+      ~7x). 0 = no such cost.
     - ``dequant_eff``: extra factor for weight-only formats (``int8_wo``, ``w4a16_*``), whose
       weights are dequantised to bf16 in registers before the MMA.
     - ``mem_eff``: fraction of HBM bandwidth reached by large memory-bound transfers.
@@ -29,7 +36,11 @@ class GemmEfficiency(eqx.Module):
       units costs beyond its own work, in [0, 1]: 1 = data-parallel tiles (a partial wave
       takes as long as a full one), 0 = stream-k (the tail is spread evenly over every
       slot). Libraries choose between the two per shape; calibration fits the blend. Not
-      used by block-scaled kernels (``fp8_block``, fp4), which schedule whole tiles.
+      used by block-scaled kernels (``fp8_block``, fp4), which have their own:
+    - ``scaled_wave_tail_share``: the same share for ``fp8_block`` and fp4 kernels, in
+      [0, 1]. The hand profiles keep 1 (whole tiles); fitted, H100 fp8_block stays at 1.00
+      (its times step at whole waves: 1536 x 7168 takes 47.5 us at 120 tiles, 65.8 us at 144
+      on 132 SMs) while B200 fits ~0.6.
     - ``split_k_elems``: reduction length per work unit when a GEMM has too few output
       tiles to fill the slots (split-k / stream-k).
     - ``k_half_elems``: reduction length at which the main loop reaches half its rate
@@ -37,6 +48,13 @@ class GemmEfficiency(eqx.Module):
     - ``act_quant_passes``: separate memory passes over the activations (read bf16, write the
       quantised copy) for formats that quantise activations (fp8, fp8_block, nvfp4); 0 when
       quantisation is fused into the previous kernel.
+    - ``group_quant_passes``: the same for formats that quantise activations per group
+      (``fp8_block`` 1x128, ``nvfp4``/``mxfp4`` blocks): memory passes of their separate
+      quantisation kernel (read bf16, write the quantised copy and its scales); 0 = fused.
+    - ``fp4_tile_k_s``: floor on fp4 GEMMs' compute time per reduction element, per wave of
+      output-tile columns (``⌈⌈n/tile_n⌉/slots⌉ · k · fp4_tile_k_s``): fp4 kernels have no
+      split-k, and at small m they walk k at this pace (B200 nvfp4: ~1.9 ns per element, so
+      m = 1 takes 5.8 us + 1.9 ns · k for every n up to one wave of columns). 0 = no floor.
     - ``launch_s``: fixed per-kernel overhead (launch, setup, tail).
     - ``scaled_launch_s``: extra fixed time of software block-scaled fp8 kernels
       (``fp8_block``): loading and applying the scale factors in the prologue/epilogue.
@@ -53,6 +71,7 @@ class GemmEfficiency(eqx.Module):
     compute_eff_fp32: FloatScalarLike = eqx.field(converter=as_float_array)
     block_scale_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     unaligned_m_eff: FloatScalarLike = eqx.field(converter=as_float_array)
+    unaligned_row_k_s: FloatScalarLike = eqx.field(converter=as_float_array)
     dequant_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     mem_eff: FloatScalarLike = eqx.field(converter=as_float_array)
     mem_half_bytes: FloatScalarLike = eqx.field(converter=as_float_array)
@@ -60,10 +79,14 @@ class GemmEfficiency(eqx.Module):
     tile_n_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     num_tile_slots: FloatScalarLike = eqx.field(converter=as_float_array)
     wave_tail_share: FloatScalarLike = eqx.field(converter=as_float_array)
+    scaled_wave_tail_share: FloatScalarLike = eqx.field(converter=as_float_array)
     split_k_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     k_half_elems: FloatScalarLike = eqx.field(converter=as_float_array)
     act_quant_passes: FloatScalarLike = eqx.field(converter=as_float_array)
+    group_quant_passes: FloatScalarLike = eqx.field(converter=as_float_array)
     launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
     scaled_launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
     quant_launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
     fp4_launch_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    fp4_tile_k_s: FloatScalarLike = eqx.field(converter=as_float_array)
+    block_tile_k_s: FloatScalarLike = eqx.field(converter=as_float_array)

@@ -169,6 +169,7 @@ _FRACTION_MAY_BE_ZERO = frozenset(
         "small_group_loss",
         "alltoall_small_group_loss",
         "wave_tail_share",
+        "scaled_wave_tail_share",
     }
 )
 # Kernel structure that a cost divides by (tile padding, waves, split-k), and the bandwidth

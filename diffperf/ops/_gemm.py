@@ -1,6 +1,6 @@
 """Dense GEMM cost on one device: a shape-aware roofline.
 
-``t = smooth_max(flop / (peak · η_c), bytes / (bw · η_m)) + t_quant + launch`` with
+``t = smooth_max(flop / (peak · η_c), bytes / (bw · η_m)) + t_quant + launch + t_pad`` with
 
 - ``flop = 2 m n k``; ``bytes = m k a + k n w + m n o`` (activation, weight and output bytes
   per element of the formats, scales included, see ``_dtypes.py``);
@@ -8,17 +8,24 @@
   ``η_tile = m n / (⌈m/T_m⌉ T_m ⌈n/T_n⌉ T_n)`` (padding of the last tile row/column),
   ``η_wave = u / (W S)`` for ``u = tiles · s`` work units over ``S`` tile slots, with
   ``W = max(1, u/S + c (⌈u/S⌉ − u/S))`` waves (``c = wave_tail_share``: 1 when a partial
-  last wave takes a whole wave's time, 0 when stream-k spreads it over every slot; 1 for the
-  block-scaled fp8_block and fp4 kernels, which schedule whole tiles), where a
+  last wave takes a whole wave's time, 0 when stream-k spreads it over every slot;
+  ``c = scaled_wave_tail_share`` for the block-scaled fp8_block and fp4 kernels), where a
   GEMM with fewer tiles than slots splits k into ``s = clip(⌊S/tiles⌋, 1, ⌈k/K_split⌉)``
   parts (fp4 kernels never split), and ``η_k = k_s / (k_s + K_half)`` for the per-unit
   reduction length ``k_s = k/s``; ``unaligned = unaligned_m_eff`` for an ``fp8_block`` GEMM
   whose ``m`` is above half a row tile and leaves at least half a padding row in its last
   tile (``⌈m/T_m⌉T_m − m ≥ 1/2``: the kernels' slower path for unaligned rows), else 1;
+- ``t_pad = ⌈tiles/S⌉ · (⌈m/T_m⌉T_m − m) · k · unaligned_row_k_s`` on that same path: the
+  part of its cost that grows with the padding rows (measured on H100: linear in the padding,
+  in k and in the waves);
 - ``η_m = mem_eff · bytes / (bytes + B_half)`` (small transfers do not reach full bandwidth);
 - ``t_quant = passes · m k (2 + a) / (bw · η_m) + quant_launch_s``: a separate
   activation-quantisation pass for per-tensor-scaled formats whose activation quantisation is
   its own kernel (fp8, int8; ``SEPARATE_ACT_QUANT``; nvfp4 quantisation is fused);
+- fp4 formats: ``compute ≥ ⌈⌈n/T_n⌉/S⌉ · k · fp4_tile_k_s``: without split-k each column of
+  output tiles walks the whole reduction, and at small m these kernels do so at a fixed pace
+  per element (B200 nvfp4 at m = 1: 5.8 us + 1.9 ns · k over k = 2048 .. 16384, for any n up
+  to one wave of columns), slower than a full tile's compute-bound pace at large m;
 - ``launch``: ``launch_s``, plus ``scaled_launch_s`` for fp8_block and ``fp4_launch_s`` for
   fp4 formats (0 in the hand-fitted profiles; calibration fits them).
 
@@ -41,6 +48,10 @@ from ._cost import OpCost
 # scale needs the whole tensor's amax). fp8_block quantises per 1x128 group and is fused; bf16
 # and weight-only formats keep bf16 activations.
 SEPARATE_ACT_QUANT = frozenset({"fp8", "int8"})
+# Formats whose activations are quantised per group (1x128 fp8 groups, 1x16 / 1x32 fp4
+# blocks with their scales): one read of the bf16 activations and one write of the quantised
+# copy, ``group_quant_passes`` times, in a kernel of its own (0 = fused into the producer).
+GROUP_ACT_QUANT = frozenset({"fp8_block", "fp4", "nvfp4", "mxfp4"})
 
 
 def _ste_floor(x):
@@ -79,22 +90,46 @@ def gemm_compute_eff(hw: Hardware, m, n, k, dtype: str):
     # the last, partial wave costs a share ``wave_tail_share`` of a whole wave beyond its own
     # work: 1 = data-parallel tiles (a partial wave takes as long as a full one), 0 = stream-k
     # (the tail's work is spread over every slot); at least one wave. Block-scaled kernels
-    # (fp8_block, fp4) schedule whole tiles: their partial wave costs a whole one.
+    # (fp8_block, fp4) have their own share (H100 fits 1: whole tiles; B200 ~0.6).
     exact_waves = safe_div(units, e.num_tile_slots)
-    tail = 1.0 if (dtype == "fp8_block" or prec == "fp4") else e.wave_tail_share
+    scaled = dtype == "fp8_block" or prec == "fp4"
+    tail = e.scaled_wave_tail_share if scaled else e.wave_tail_share
     waves = exact_waves + tail * (ste_ceil(exact_waves) - exact_waves)
     waves = jnp.maximum(waves, 1.0)
     wave_eff = safe_div(units, waves * e.num_tile_slots)
     k_eff = saturating(safe_div(k, split), e.k_half_elems)
     eff = getattr(e, f"compute_eff_{prec}") * tile_eff * wave_eff * k_eff
     if dtype == "fp8_block":
-        # unaligned rows: a relaxed (fractional) m counts as aligned within half a row
-        pad = tm * e.tile_m_elems - m
-        unaligned = (pad >= 0.5) & (m > 0.5 * e.tile_m_elems)
-        eff = eff * e.block_scale_eff * jnp.where(unaligned, e.unaligned_m_eff, 1.0)
+        eff = eff * e.block_scale_eff * jnp.where(_unaligned(e, m), e.unaligned_m_eff, 1.0)
     if fmt.weight_only:
         eff = eff * e.dequant_eff
     return eff
+
+
+def _unaligned(e, m):
+    """fp8_block's slower path: m above half a row tile, with at least half a padding row in
+    its last tile (a relaxed, fractional m counts as aligned within half a row)."""
+    pad = ceil_div(m, e.tile_m_elems) * e.tile_m_elems - m
+    return (pad >= 0.5) & (m > 0.5 * e.tile_m_elems)
+
+
+def gemm_unaligned_s(hw: Hardware, m, n, k, dtype: str):
+    """Padding-proportional time of fp8_block's unaligned-row path (s):
+    ``waves · pad · k · unaligned_row_k_s`` with ``pad = ⌈m/T_m⌉T_m − m`` padding rows and
+    ``waves = ⌈tiles/S⌉`` whole waves of output tiles (these kernels do not split k); 0 for
+    other formats and for aligned or small ``m`` (see :func:`gemm_compute_eff`). Like every
+    ceiling here the padding is straight-through: its slope in ``m`` is 0 (its average over a
+    tile does not change with ``m``); the waves keep their identity slope."""
+    m = jnp.asarray(m, dtype=float)
+    if dtype != "fp8_block":
+        return jnp.zeros(jnp.broadcast_shapes(m.shape, jnp.shape(n), jnp.shape(k)))
+    e = hw.accel.eff.gemm
+    tm = ceil_div(m, e.tile_m_elems)
+    tiles = tm * ceil_div(n, e.tile_n_elems)
+    waves = ste_ceil(safe_div(tiles, e.num_tile_slots))
+    pad = jnp.maximum(tm * e.tile_m_elems - m, 0.0)
+    t = waves * pad * k * e.unaligned_row_k_s
+    return jnp.where(_unaligned(e, m), t, 0.0)
 
 
 def gemm_mem_eff(hw: Hardware, bytes_):
@@ -142,11 +177,21 @@ def gemm_cost(
     compute_s = safe_div(
         flop, hw.accel.peak_flop_per_s(dtype) * gemm_compute_eff(hw, m, n, k, dtype)
     )
+    pace = e.fp4_tile_k_s if hw.accel.compute_precision(dtype) == "fp4" else None
+    pace = e.block_tile_k_s if dtype == "fp8_block" else pace
+    if pace is not None:
+        # block-scaled kernels do not split k: every output-tile column walks the whole k,
+        # at least ``pace`` per element (the small-m kernels' pace), once per wave of columns
+        cols = ceil_div(n, e.tile_n_elems)
+        col_waves = ste_ceil(safe_div(cols, e.num_tile_slots))
+        compute_s = jnp.maximum(compute_s, col_waves * k * pace)
     memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
     t = smooth_max2(compute_s, memory_s, tau) + gemm_fixed_s(hw, dtype)
-    if dtype in SEPARATE_ACT_QUANT:
+    t = t + gemm_unaligned_s(hw, m, n, k, dtype)
+    if dtype in SEPARATE_ACT_QUANT or dtype in GROUP_ACT_QUANT:
+        passes = e.act_quant_passes if dtype in SEPARATE_ACT_QUANT else e.group_quant_passes
         qbytes = m * k * (2.0 + activation_bytes(dtype))
-        t = t + e.act_quant_passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
+        t = t + passes * safe_div(qbytes, bw * gemm_mem_eff(hw, qbytes))
     return OpCost(t, compute_s, memory_s, jnp.zeros_like(t), flop, bytes_)
 
 
