@@ -40,6 +40,7 @@ def _zero_overheads(hw):
         "prefill_launch_s",
         "decode_bytes_half",
         "decode_cta_s_bf16kv",
+        "decode_cta_s_bf16kv_mha",
         "decode_cta_s_fp8kv",
         "decode_launch_s_bf16kv",
         "decode_launch_s_fp8kv",
@@ -110,6 +111,47 @@ def test_mla_prefill_flop():
     # Non-absorbed MLA: per pair 2*(192 + 128) FLOP per head; s = 8: 36 pairs; b=1, h=2.
     c = mla_prefill_cost(HW, 1.0, 8.0, 2.0, 512.0, 128.0, 64.0, 128.0, "bf16", "bf16")
     np.testing.assert_allclose(float(c.flop), 2 * 2 * 36 * 320, rtol=1e-12)
+
+
+def test_mha_decode_units_have_their_own_cost():
+    """``decode_cta_s_bf16kv_mha`` is the per-(sequence, KV head) cost of 16-bit-KV decode when
+    each KV head serves one query head (MHA). The hand profiles set it equal to the GQA value
+    (predictions unchanged); set apart, it moves exactly the MHA 16-bit-KV compute leg by
+    b·h_kv·Δ: batch 256, 64 heads = 64 KV heads, Δ = -2e-8 s -> -256·64·2e-8 = -327.68 us.
+    GQA (64/8), an 8-bit KV cache and a head count within half a head of MHA are handled as
+    said; the gradient with respect to the MHA cost is b·h_kv (compute leg) times the
+    p-norm's share, finite."""
+    for name in ("h100-sxm", "b200-sxm", "mi300x", "tpu-v6e"):
+        e = load_hardware(name).accel.eff.attention
+        assert float(e.decode_cta_s_bf16kv_mha) == float(e.decode_cta_s_bf16kv), name
+    e = HW.accel.eff.attention
+    on = eqx.tree_at(
+        lambda h: h.accel.eff.attention.decode_cta_s_bf16kv_mha, HW, e.decode_cta_s_bf16kv - 2e-8
+    )
+
+    def leg(h, heads, kv_heads, kv="bf16"):
+        c = attention_decode_cost(h, 256.0, 16.0, heads, kv_heads, 128.0, "bf16", kv)
+        return float(c.compute_s)
+
+    assert leg(on, 64.0, 64.0) - leg(HW, 64.0, 64.0) == pytest.approx(-256 * 64 * 2e-8, rel=1e-9)
+    assert leg(on, 64.4, 64.0) - leg(HW, 64.4, 64.0) == pytest.approx(-256 * 64 * 2e-8, rel=1e-9)
+    assert leg(on, 64.0, 8.0) == leg(HW, 64.0, 8.0)  # GQA: 8 query heads per KV head
+    assert leg(on, 64.0, 64.0, "fp8") == leg(HW, 64.0, 64.0, "fp8")
+    g = jax.grad(
+        lambda v: (
+            attention_decode_cost(
+                eqx.tree_at(lambda h: h.accel.eff.attention.decode_cta_s_bf16kv_mha, HW, v),
+                256.0,
+                16.0,
+                64.0,
+                64.0,
+                128.0,
+                "bf16",
+                "bf16",
+            ).time_s
+        )
+    )(e.decode_cta_s_bf16kv)
+    assert np.isfinite(float(g)) and 0 < float(g) <= 256 * 64 * (1 + 1e-9)
 
 
 def test_mla_fp8_kv_parameters_apply_only_to_fp8_kv_kernels():

@@ -169,6 +169,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "decode_bytes_half": _P,
         "decode_compute_eff": _U,
         "decode_cta_s_bf16kv": _P,
+        "decode_cta_s_bf16kv_mha": _P,
         "decode_cta_s_fp8kv": _P,
         "overlap_p": _G,
         "prefill_launch_s": _P,

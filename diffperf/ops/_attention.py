@@ -201,7 +201,8 @@ def attention_decode_cost(
       TensorRT-LLM measurements). Q/O bytes ``b·h·2d·2`` added.
     - FLOP ``4 · b · h · d · L``; compute leg ``FLOP/(peak·η_dc) + b·h_kv·t_cta`` where a
       (sequence, KV head) unit serves the ``h/h_kv`` query heads of its group (GQA raises
-      arithmetic intensity, not the number of units).
+      arithmetic intensity, not the number of units); ``t_cta`` is the KV format's, and for a
+      16-bit KV cache with one query head per KV head (MHA) ``decode_cta_s_bf16kv_mha``.
     - ``t = launch_kv + (t_c^p + t_m^p)^(1/p)`` (the fp8-KV kernels have their own launch
       and per-unit costs).
 
@@ -217,7 +218,13 @@ def attention_decode_cost(
     bytes_ = 2.0 * hkv * d * ctx * b * kvb + b * h * 2.0 * d * activation_bytes(dtype)
     flop = 4.0 * b * h * d * ctx
     fp8kv = kvb <= 1.0
-    cta = e.decode_cta_s_fp8kv if fp8kv else e.decode_cta_s_bf16kv
+    # 16-bit-KV MHA (one query head per KV head, within half a head) runs its own kernel
+    mha = safe_div(h, hkv) < 1.5
+    cta = (
+        e.decode_cta_s_fp8kv
+        if fp8kv
+        else jnp.where(mha, e.decode_cta_s_bf16kv_mha, e.decode_cta_s_bf16kv)
+    )
     launch = e.decode_launch_s_fp8kv if fp8kv else e.decode_launch_s_bf16kv
     compute_s = (
         safe_div(flop, hw.accel.peak_flop_per_s(dtype) * e.decode_compute_eff) + b * hkv * cta
