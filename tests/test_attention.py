@@ -154,6 +154,30 @@ def test_mha_decode_units_have_their_own_cost():
     assert np.isfinite(float(g)) and 0 < float(g) <= 256 * 64 * (1 + 1e-9)
 
 
+def test_mla_prefill_extra_launch_only_on_context_kernels():
+    """``mla_prefill_extra_launch_s`` (0 in the hand profiles: one launch shared with decode)
+    adds exactly its value to MLA context kernels of either KV format and to a prefill MLA
+    block (hand profiles hide no launch share), and nothing to decode kernels or blocks."""
+    for name in ("h100-sxm", "b200-sxm", "mi300x", "tpu-v6e"):
+        assert float(load_hardware(name).accel.eff.attention.mla_prefill_extra_launch_s) == 0
+    on = eqx.tree_at(lambda h: h.accel.eff.attention.mla_prefill_extra_launch_s, HW, _f(6e-6))
+    for kv in ("bf16", "fp8"):
+
+        def pre(h, kv=kv):
+            return mla_prefill_cost(h, 2.0, 64.0, 16.0, 512.0, 128.0, 64.0, 128.0, "bf16", kv)
+
+        def dec(h, kv=kv):
+            return mla_decode_cost(h, 8.0, 4096.0, 16.0, 512.0, 64.0, "bf16", kv)
+
+        assert float(pre(on).time_s - pre(HW).time_s) == pytest.approx(6e-6, rel=1e-9), kv
+        assert float(dec(on).time_s) == float(dec(HW).time_s), kv
+    spec = _ds_v3()
+    for phase, s_len, want in (("prefill", 512.0, 6e-6), ("decode", 1.0, 0.0)):
+        d = mla_module_cost(on, spec, 4.0, s_len, 1024.0, 16.0, phase).time_s
+        d = d - mla_module_cost(HW, spec, 4.0, s_len, 1024.0, 16.0, phase).time_s
+        assert float(d) == pytest.approx(want, rel=1e-9, abs=1e-15), phase
+
+
 def test_mla_fp8_kv_parameters_apply_only_to_fp8_kv_kernels():
     """The 8-bit-KV MLA launch time and prefill scale: equal to the 16-bit ones in every
     hand-fitted profile (so those predictions are unchanged), and each moves only the

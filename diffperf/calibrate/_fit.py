@@ -132,6 +132,7 @@ START_IF_ABSENT: dict[tuple[str, str], float] = {
     ("comm", "p2p_simple_latency_s"): 1e-6,
     ("comm", "p2p_channel_bw_bytes_per_s"): 1e11,
     ("attention", "mla_module_row_s"): 1e-9,
+    ("attention", "mla_prefill_extra_launch_s"): 1e-6,
     ("attention", "mla_module_launch_overlap"): 0.5,
 }
 FIT_FIELDS: dict[str, dict[str, str]] = {
@@ -176,6 +177,7 @@ FIT_FIELDS: dict[str, dict[str, str]] = {
         "decode_launch_s_bf16kv": _P,
         "decode_launch_s_fp8kv": _P,
         "mla_launch_s": _P,
+        "mla_prefill_extra_launch_s": _P,
         "mla_prefill_eff_scale": _P,
         "mla_launch_s_fp8kv": _P,
         "mla_prefill_eff_scale_fp8kv": _P,

@@ -246,9 +246,11 @@ def mla_cache_bytes_per_token(kv_lora_rank, qk_rope_head_dim, kv_dtype: str):
     return (_f(kv_lora_rank) + _f(qk_rope_head_dim)) * get_format(kv_dtype).bytes_per_element
 
 
-def _mla_launch(e, kv_fmt):
-    """MLA kernel fixed time for the KV-cache format (8-bit caches run other kernels)."""
-    return e.mla_launch_s_fp8kv if kv_fmt.compute == "fp8" else e.mla_launch_s
+def _mla_launch(e, kv_fmt, prefill: bool = False):
+    """MLA kernel fixed time for the KV-cache format (8-bit caches run other kernels), plus
+    ``mla_prefill_extra_launch_s`` for the context (prefill) kernels."""
+    t = e.mla_launch_s_fp8kv if kv_fmt.compute == "fp8" else e.mla_launch_s
+    return t + e.mla_prefill_extra_launch_s if prefill else t
 
 
 def _mla_scale(e, kv_fmt):
@@ -299,7 +301,7 @@ def mla_prefill_cost(
         0.0,
         _mla_scale(e, fmt),
         tau,
-        _mla_launch(e, fmt),
+        _mla_launch(e, fmt, prefill=True),
     )
 
 
@@ -469,7 +471,7 @@ def dsa_prefill_cost(
         index_topk,
         _mla_scale(e, fmt),
         tau,
-        _mla_launch(e, fmt),
+        _mla_launch(e, fmt, prefill=True),
     )
     return idx + att
 
@@ -600,7 +602,9 @@ def mla_module_cost(
     small = OpCost(small_s, jnp.zeros_like(small_s), small_s)
     # back to back in one graph, part of each kernel's standalone fixed time is hidden
     n_proj = jnp.sum(jnp.asarray(gate))
-    launches = n_proj * gemm_fixed_s(hw, gemm_dtype) + _mla_launch(e, get_format(kv_dtype))
+    launches = n_proj * gemm_fixed_s(hw, gemm_dtype) + _mla_launch(
+        e, get_format(kv_dtype), prefill=phase != "decode"
+    )
     if phase == "decode":
         launches = launches + 2.0 * gemm_fixed_s(hw, bmm_dtype)
     if model.attention == "dsa":
