@@ -137,20 +137,13 @@ def test_mha_decode_units_have_their_own_cost():
     assert leg(on, 64.4, 64.0) - leg(HW, 64.4, 64.0) == pytest.approx(-256 * 64 * 2e-8, rel=1e-9)
     assert leg(on, 64.0, 8.0) == leg(HW, 64.0, 8.0)  # GQA: 8 query heads per KV head
     assert leg(on, 64.0, 64.0, "fp8") == leg(HW, 64.0, 64.0, "fp8")
-    g = jax.grad(
-        lambda v: (
-            attention_decode_cost(
-                eqx.tree_at(lambda h: h.accel.eff.attention.decode_cta_s_bf16kv_mha, HW, v),
-                256.0,
-                16.0,
-                64.0,
-                64.0,
-                128.0,
-                "bf16",
-                "bf16",
-            ).time_s
-        )
-    )(e.decode_cta_s_bf16kv)
+    mha_args = (256.0, 16.0, 64.0, 64.0, 128.0, "bf16", "bf16")
+
+    def mha_time(v):
+        h = eqx.tree_at(lambda x: x.accel.eff.attention.decode_cta_s_bf16kv_mha, HW, v)
+        return attention_decode_cost(h, *mha_args).time_s
+
+    g = jax.grad(mha_time)(e.decode_cta_s_bf16kv)
     assert np.isfinite(float(g)) and 0 < float(g) <= 256 * 64 * (1 + 1e-9)
 
 
