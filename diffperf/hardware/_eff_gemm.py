@@ -46,8 +46,8 @@ class GemmEfficiency(eqx.Module):
     - ``k_half_elems``: reduction length at which the main loop reaches half its rate
       (prologue + epilogue amortisation).
     - ``act_quant_passes``: separate memory passes over the activations (read bf16, write the
-      quantised copy) for formats that quantise activations (fp8, fp8_block, nvfp4); 0 when
-      quantisation is fused into the previous kernel.
+      quantised copy) for per-tensor-scaled formats (fp8, int8: an amax pass, then the
+      scaling pass); 0 when quantisation is fused into the previous kernel.
     - ``group_quant_passes``: the same for formats that quantise activations per group
       (``fp8_block`` 1x128, ``nvfp4``/``mxfp4`` blocks): memory passes of their separate
       quantisation kernel (read bf16, write the quantised copy and its scales); 0 = fused.
@@ -55,6 +55,9 @@ class GemmEfficiency(eqx.Module):
       output-tile columns (``⌈⌈n/tile_n⌉/slots⌉ · k · fp4_tile_k_s``): fp4 kernels have no
       split-k, and at small m they walk k at this pace (B200 nvfp4: ~1.9 ns per element, so
       m = 1 takes 5.8 us + 1.9 ns · k for every n up to one wave of columns). 0 = no floor.
+    - ``block_tile_k_s``: the same floor for ``fp8_block`` kernels (DeepGEMM-style: no split-k
+      either; H100 1.28 ns, B200 0.96 ns fitted). It is what makes the narrow long-k
+      1536 x 7168 GEMM take 13.1 us at m = 1 on H100, more than 4096 x 4096 (11.7 us).
     - ``launch_s``: fixed per-kernel overhead (launch, setup, tail).
     - ``scaled_launch_s``: extra fixed time of software block-scaled fp8 kernels
       (``fp8_block``): loading and applying the scale factors in the prologue/epilogue.

@@ -21,9 +21,12 @@
 - ``η_m = mem_eff · bytes / (bytes + B_half)`` (small transfers do not reach full bandwidth);
 - ``t_quant = passes · m k (2 + a) / (bw · η_m) + quant_launch_s``: a separate
   activation-quantisation pass for per-tensor-scaled formats whose activation quantisation is
-  its own kernel (fp8, int8; ``SEPARATE_ACT_QUANT``; nvfp4 quantisation is fused);
-- fp4 formats: ``compute ≥ ⌈⌈n/T_n⌉/S⌉ · k · fp4_tile_k_s``: without split-k each column of
-  output tiles walks the whole reduction, and at small m these kernels do so at a fixed pace
+  its own kernel (fp8, int8; ``SEPARATE_ACT_QUANT``; ``passes = act_quant_passes``), and the
+  same without the launch term for per-group-scaled formats (fp8_block, fp4 formats;
+  ``GROUP_ACT_QUANT``; ``passes = group_quant_passes``, 0 = fused into the producer);
+- block-scaled formats: ``compute ≥ ⌈⌈n/T_n⌉/S⌉ · k · pace`` (``block_tile_k_s`` for
+  fp8_block, ``fp4_tile_k_s`` for fp4): these kernels do not split k, so each column of
+  output tiles walks the whole reduction, and at small m they do so at a fixed pace
   per element (B200 nvfp4 at m = 1: 5.8 us + 1.9 ns · k over k = 2048 .. 16384, for any n up
   to one wave of columns), slower than a full tile's compute-bound pace at large m;
 - ``launch``: ``launch_s``, plus ``scaled_launch_s`` for fp8_block and ``fp4_launch_s`` for
@@ -45,8 +48,8 @@ from ._cost import OpCost
 
 
 # Formats whose activation quantisation runs as its own kernel before the GEMM (a per-tensor
-# scale needs the whole tensor's amax). fp8_block quantises per 1x128 group and is fused; bf16
-# and weight-only formats keep bf16 activations.
+# scale needs the whole tensor's amax). Per-group formats are below; bf16 and weight-only
+# formats keep bf16 activations.
 SEPARATE_ACT_QUANT = frozenset({"fp8", "int8"})
 # Formats whose activations are quantised per group (1x128 fp8 groups, 1x16 / 1x32 fp4
 # blocks with their scales): one read of the bf16 activations and one write of the quantised
@@ -187,7 +190,8 @@ def gemm_cost(
         compute_s = jnp.maximum(compute_s, col_waves * k * pace)
     memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
     t = smooth_max2(compute_s, memory_s, tau) + gemm_fixed_s(hw, dtype)
-    t = t + gemm_unaligned_s(hw, m, n, k, dtype)
+    if dtype == "fp8_block":
+        t = t + gemm_unaligned_s(hw, m, n, k, dtype)
     if dtype in SEPARATE_ACT_QUANT or dtype in GROUP_ACT_QUANT:
         passes = e.act_quant_passes if dtype in SEPARATE_ACT_QUANT else e.group_quant_passes
         qbytes = m * k * (2.0 + activation_bytes(dtype))
