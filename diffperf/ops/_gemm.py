@@ -190,8 +190,7 @@ def gemm_cost(
         compute_s = jnp.maximum(compute_s, col_waves * k * pace)
     memory_s = safe_div(bytes_, bw * gemm_mem_eff(hw, bytes_))
     t = smooth_max2(compute_s, memory_s, tau) + gemm_fixed_s(hw, dtype)
-    if dtype == "fp8_block":
-        t = t + gemm_unaligned_s(hw, m, n, k, dtype)
+    t = t + gemm_unaligned_s(hw, m, n, k, dtype)  # 0 outside fp8_block
     if dtype in SEPARATE_ACT_QUANT or dtype in GROUP_ACT_QUANT:
         passes = e.act_quant_passes if dtype in SEPARATE_ACT_QUANT else e.group_quant_passes
         qbytes = m * k * (2.0 + activation_bytes(dtype))
