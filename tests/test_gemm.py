@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from diffperf.calibrate._fit import _with_params
 from diffperf.hardware import load_hardware
 from diffperf.ops._gemm import gemm_compute_eff, gemm_cost, gemm_costs
 
@@ -299,12 +300,9 @@ def test_partial_wave_share(hw):
 
 
 def _with_gemm(hw, **fields):
-    names = tuple(fields)
-    return eqx.tree_at(
-        lambda h: tuple(getattr(h.accel.eff.gemm, f) for f in names),
-        hw,
-        tuple(jnp.asarray(v) for v in fields.values()),
-    )
+    """``hw`` with GEMM efficiency fields replaced (values may be traced)."""
+    names = tuple(("gemm", name) for name in fields)
+    return _with_params(hw, names, jnp.stack([jnp.asarray(v, float) for v in fields.values()]))
 
 
 def test_group_quantisation_pass(hw):

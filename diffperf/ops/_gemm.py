@@ -103,17 +103,19 @@ def gemm_compute_eff(hw: Hardware, m, n, k, dtype: str):
     k_eff = saturating(safe_div(k, split), e.k_half_elems)
     eff = getattr(e, f"compute_eff_{prec}") * tile_eff * wave_eff * k_eff
     if dtype == "fp8_block":
-        eff = eff * e.block_scale_eff * jnp.where(_unaligned(e, m), e.unaligned_m_eff, 1.0)
+        unaligned = _padding_rows(e, m)[1]
+        eff = eff * e.block_scale_eff * jnp.where(unaligned, e.unaligned_m_eff, 1.0)
     if fmt.weight_only:
         eff = eff * e.dequant_eff
     return eff
 
 
-def _unaligned(e, m):
-    """fp8_block's slower path: m above half a row tile, with at least half a padding row in
-    its last tile (a relaxed, fractional m counts as aligned within half a row)."""
+def _padding_rows(e, m):
+    """``(pad, unaligned)``: padding rows ``⌈m/T_m⌉T_m − m`` of the last row tile, and whether
+    fp8_block takes its slower path (m above half a row tile, at least half a padding row: a
+    relaxed, fractional m counts as aligned within half a row)."""
     pad = ceil_div(m, e.tile_m_elems) * e.tile_m_elems - m
-    return (pad >= 0.5) & (m > 0.5 * e.tile_m_elems)
+    return pad, (pad >= 0.5) & (m > 0.5 * e.tile_m_elems)
 
 
 def gemm_unaligned_s(hw: Hardware, m, n, k, dtype: str):
@@ -127,12 +129,10 @@ def gemm_unaligned_s(hw: Hardware, m, n, k, dtype: str):
     if dtype != "fp8_block":
         return jnp.zeros(jnp.broadcast_shapes(m.shape, jnp.shape(n), jnp.shape(k)))
     e = hw.accel.eff.gemm
-    tm = ceil_div(m, e.tile_m_elems)
-    tiles = tm * ceil_div(n, e.tile_n_elems)
+    pad, unaligned = _padding_rows(e, m)
+    tiles = ceil_div(m, e.tile_m_elems) * ceil_div(n, e.tile_n_elems)
     waves = ste_ceil(safe_div(tiles, e.num_tile_slots))
-    pad = jnp.maximum(tm * e.tile_m_elems - m, 0.0)
-    t = waves * pad * k * e.unaligned_row_k_s
-    return jnp.where(_unaligned(e, m), t, 0.0)
+    return jnp.where(unaligned, waves * pad * k * e.unaligned_row_k_s, 0.0)
 
 
 def gemm_mem_eff(hw: Hardware, bytes_):
@@ -180,8 +180,12 @@ def gemm_cost(
     compute_s = safe_div(
         flop, hw.accel.peak_flop_per_s(dtype) * gemm_compute_eff(hw, m, n, k, dtype)
     )
-    pace = e.fp4_tile_k_s if hw.accel.compute_precision(dtype) == "fp4" else None
-    pace = e.block_tile_k_s if dtype == "fp8_block" else pace
+    if dtype == "fp8_block":
+        pace = e.block_tile_k_s
+    elif hw.accel.compute_precision(dtype) == "fp4":
+        pace = e.fp4_tile_k_s
+    else:
+        pace = None
     if pace is not None:
         # block-scaled kernels do not split k: every output-tile column walks the whole k,
         # at least ``pace`` per element (the small-m kernels' pace), once per wave of columns
